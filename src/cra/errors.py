@@ -1,0 +1,125 @@
+"""CRA's exception tree.
+
+Every error CRA raises on purpose derives from :class:`CRAError`. Errors about
+malformed input carry a JSON Pointer (``path``) to the offending value and a
+``reason``; ``str(error)`` renders both. The core knows nothing of exit codes or
+HTTP statuses: entry points map these classes in one place each.
+
+    CRAError
+    ├── ValidationError      input that does not match a schema (path + reason)
+    │   ├── ProtocolError    a CARP or TRACE message
+    │   └── AtlasError       an atlas manifest or package
+    │       └── PolicyError  a policy that cannot be compiled
+    ├── TraceError           a trace file that cannot be read (line + path + reason)
+    ├── ChainError           a hash chain that does not verify (kind + index)
+    └── RuntimeStateError    a call that the runtime's state does not allow
+        ├── SessionError     unknown or ended session, agent mismatch
+        ├── ResolutionError  unknown or expired resolution, replayed request
+        └── ApprovalError    unknown, expired, used or mismatched approval
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApprovalError",
+    "AtlasError",
+    "CRAError",
+    "ChainError",
+    "PolicyError",
+    "ProtocolError",
+    "ResolutionError",
+    "RuntimeStateError",
+    "SessionError",
+    "TraceError",
+    "ValidationError",
+    "json_pointer",
+]
+
+
+def json_pointer(parts: tuple[str | int, ...] | list[str | int]) -> str:
+    """Render path segments as an RFC 6901 JSON Pointer ('' is the whole document)."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+class CRAError(Exception):
+    """Base class of every error CRA raises deliberately."""
+
+    code = "cra_error"
+
+
+class ValidationError(CRAError):
+    """Input that does not match its schema. ``path`` is a JSON Pointer."""
+
+    code = "invalid"
+
+    def __init__(self, path: str, reason: str, *, source: str | None = None) -> None:
+        self.path = path
+        self.reason = reason
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{path or '/'}: {reason}")
+
+
+class ProtocolError(ValidationError):
+    """A CARP or TRACE message that does not match the protocol."""
+
+    code = "invalid_message"
+
+
+class AtlasError(ValidationError):
+    """An atlas manifest or package that cannot be loaded."""
+
+    code = "invalid_atlas"
+
+
+class PolicyError(AtlasError):
+    """A policy in an atlas that cannot be compiled (unknown type, key or parameter)."""
+
+    code = "invalid_policy"
+
+
+class TraceError(CRAError):
+    """A trace file that cannot be parsed. ``line`` is 1-based."""
+
+    code = "invalid_trace"
+
+    def __init__(self, line: int, path: str, reason: str) -> None:
+        self.line = line
+        self.path = path
+        self.reason = reason
+        super().__init__(f"line {line}: {path or '/'}: {reason}")
+
+
+class ChainError(CRAError):
+    """A hash chain that does not verify.
+
+    ``kind`` is one of ``hash_mismatch``, ``chain_broken``, ``sequence_gap``,
+    ``session_mismatch`` or ``empty``; ``index`` is the 0-based position of the
+    first failing event.
+    """
+
+    code = "chain_invalid"
+
+    def __init__(self, kind: str, index: int, detail: str) -> None:
+        self.kind = kind
+        self.index = index
+        self.detail = detail
+        super().__init__(f"{kind} at event {index}: {detail}")
+
+
+class RuntimeStateError(CRAError):
+    """A call the runtime refuses because of its current state."""
+
+    code = "invalid_state"
+
+
+class SessionError(RuntimeStateError):
+    code = "session_error"
+
+
+class ResolutionError(RuntimeStateError):
+    code = "resolution_error"
+
+
+class ApprovalError(RuntimeStateError):
+    code = "approval_error"

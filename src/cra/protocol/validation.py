@@ -1,0 +1,90 @@
+"""JSON Schema validation of protocol documents, with JSON-Pointer errors.
+
+The schemas ship inside the package (``cra/protocol/schemas``). The CARP, TRACE
+and Atlas 1.0 schemas are byte-identical copies of the normative files; the
+``.cra`` atlas schema is CRA's superset with its extensions. Validation is the
+boundary's job (CLI, files, HTTP): the policy engine's hot path never calls it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import fastjsonschema
+
+from cra.errors import AtlasError, ProtocolError, ValidationError, json_pointer
+
+__all__ = ["SCHEMA_FILES", "SchemaKind", "load_schema", "validate"]
+
+SchemaKind = Literal[
+    "carp-request",
+    "carp-resolution",
+    "carp-execute-response",
+    "trace-event",
+    "atlas-manifest",
+    "atlas-manifest.cra",
+]
+
+SCHEMA_FILES: dict[str, str] = {
+    "carp-request": "carp-request.schema.json",
+    "carp-resolution": "carp-resolution.schema.json",
+    "carp-execute-response": "carp-execute-response.schema.json",
+    "trace-event": "trace-event.schema.json",
+    "atlas-manifest": "atlas-manifest.schema.json",
+    "atlas-manifest.cra": "atlas-manifest.cra.schema.json",
+}
+
+
+@cache
+def load_schema(kind: SchemaKind) -> dict[str, Any]:
+    """Return the parsed JSON Schema of ``kind`` (shared, do not mutate)."""
+    text = resources.files("cra.protocol").joinpath("schemas").joinpath(SCHEMA_FILES[kind]).read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def _validator(kind: SchemaKind) -> Callable[[Any], Any]:
+    # use_default=False: validation must never write defaults into the caller's document.
+    return fastjsonschema.compile(load_schema(kind), use_default=False)  # type: ignore[no-any-return]
+
+
+def _pointer(exc: fastjsonschema.JsonSchemaValueException) -> tuple[str, str]:
+    """Turn a fastjsonschema failure into (JSON Pointer, reason)."""
+    parts: list[str | int] = list(exc.path or [])[1:]  # drop the leading 'data'
+    reason = exc.message
+    prefix = exc.name or "data"
+    if reason.startswith(prefix):
+        reason = reason[len(prefix) :].strip()
+    value = exc.value
+    if exc.rule == "required" and isinstance(value, dict) and isinstance(exc.rule_definition, list):
+        missing = [k for k in exc.rule_definition if k not in value]
+        if missing:
+            return json_pointer([*parts, missing[0]]), "is required"
+    if exc.rule == "additionalProperties" and isinstance(value, dict) and isinstance(exc.definition, dict):
+        known = set(exc.definition.get("properties", {}))
+        extra = sorted(k for k in value if k not in known)
+        if extra:
+            return json_pointer([*parts, extra[0]]), "is not an allowed property here"
+    return json_pointer(parts), reason
+
+
+def validate(kind: SchemaKind, document: object, *, source: str | None = None) -> None:
+    """Validate ``document`` against the schema ``kind``.
+
+    Raises :class:`~cra.errors.AtlasError` for atlas kinds and
+    :class:`~cra.errors.ProtocolError` for the others, naming the JSON Pointer of
+    the first offending value and the reason.
+    """
+    error: type[ValidationError] = AtlasError if kind.startswith("atlas") else ProtocolError
+    try:
+        _validator(kind)(document)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        path, reason = _pointer(exc)
+        raise error(path, reason, source=source) from None
+    except RecursionError:
+        raise error("", "document is nested too deeply", source=source) from None

@@ -1,0 +1,75 @@
+"""Reading and writing traces as JSON Lines (``.trace.jsonl``), without I/O.
+
+One event per line, keys in protocol order, compact separators, UTF-8. The line
+of an event is the exact byte string that the audit ledger stores as its leaf.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from cra.errors import ProtocolError, TraceError
+from cra.protocol._canonical import StrictJSONError, loads_strict
+from cra.protocol.validation import validate
+from cra.trace.event import TraceEvent
+
+__all__ = ["dumps_event", "dumps_trace", "event_from_dict", "loads_trace"]
+
+
+def dumps_event(event: TraceEvent) -> str:
+    """One event as a JSON line (without the newline)."""
+    return json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def dumps_trace(events: Iterable[TraceEvent]) -> str:
+    """A whole trace as JSON Lines, each line ending with a newline."""
+    return "".join(dumps_event(e) + "\n" for e in events)
+
+
+def event_from_dict(data: Any) -> TraceEvent:
+    """Validate a TRACE event object against the schema and type it.
+
+    Raises :class:`~cra.errors.ProtocolError` naming the JSON path on failure.
+    """
+    validate("trace-event", data)
+    return TraceEvent(
+        data["trace_version"],
+        data["event_id"],
+        data["trace_id"],
+        data["span_id"],
+        data.get("parent_span_id"),
+        data["session_id"],
+        data["sequence"],
+        data["timestamp"],
+        data["event_type"],
+        data["payload"],
+        data["event_hash"],
+        data["previous_event_hash"],
+    )
+
+
+def loads_trace(text: str) -> list[TraceEvent]:
+    """Parse JSON Lines into events. Blank lines are ignored.
+
+    Raises :class:`~cra.errors.TraceError` with the 1-based line, the JSON path
+    and the reason for the first line that is not a valid TRACE event.
+    """
+    events: list[TraceEvent] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = loads_strict(line)
+        except json.JSONDecodeError as exc:
+            raise TraceError(number, "", f"invalid JSON at column {exc.colno}: {exc.msg}") from None
+        except StrictJSONError as exc:
+            raise TraceError(number, "", str(exc)) from None
+        except RecursionError:
+            raise TraceError(number, "", "JSON is nested too deeply") from None
+        try:
+            events.append(event_from_dict(data))
+        except ProtocolError as exc:
+            raise TraceError(number, exc.path, exc.reason) from None
+    return events
