@@ -13,9 +13,10 @@ HTTP statuses: entry points map these classes in one place each.
     ├── TraceError           a trace file that cannot be read (line + path + reason)
     ├── ChainError           a hash chain that does not verify (kind + index)
     └── RuntimeStateError    a call that the runtime's state does not allow
-        ├── SessionError     unknown or ended session, agent mismatch
-        ├── ResolutionError  unknown or expired resolution, replayed request
-        └── ApprovalError    unknown, expired, used or mismatched approval
+        ├── NotFoundError    no such session, resolution, approval or atlas
+        ├── SessionError     ended session, agent mismatch
+        ├── ResolutionError  expired resolution, replayed request, clock skew
+        └── ApprovalError    bad, expired, used or mismatched ticket; forbidden approver
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "AtlasError",
     "CRAError",
     "ChainError",
+    "NotFoundError",
     "PolicyError",
     "ProtocolError",
     "ResolutionError",
@@ -111,6 +113,17 @@ class RuntimeStateError(CRAError):
     """A call the runtime refuses because of its current state."""
 
     code = "invalid_state"
+
+
+class NotFoundError(RuntimeStateError):
+    """A session, resolution, approval or atlas that does not exist (``kind`` says which)."""
+
+    code = "not_found"
+
+    def __init__(self, kind: str, ident: str) -> None:
+        self.kind = kind
+        self.ident = ident
+        super().__init__(f"no {kind} {ident!r}")
 
 
 class SessionError(RuntimeStateError):

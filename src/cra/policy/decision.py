@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from cra.policy.compiler import CompiledPolicy
 
-__all__ = ["ApprovalRequirement", "Charge", "Decision", "Effect", "EvalRequest", "Step"]
+__all__ = [
+    "ApprovalRequirement",
+    "Charge",
+    "Decision",
+    "Effect",
+    "EvalRequest",
+    "LimitBreach",
+    "Step",
+    "limit_exceeded",
+]
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -147,3 +156,39 @@ class Decision(NamedTuple):
         if self.details:
             out["details"] = dict(self.details)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class LimitBreach:
+    """A charge that a call cannot take: ``used`` of ``charge.limit`` is consumed."""
+
+    charge: Charge
+    used: int | float
+    retry_after: int
+
+
+def limit_exceeded(decision: Decision, breach: LimitBreach) -> Decision:
+    """Turn an allow into the deny a breached rate limit or budget calls for."""
+    charge = breach.charge
+    if charge.kind == "rate_limit":
+        code, what = "rate_limit_exceeded", f"rate limit {charge.policy_id}: {breach.used} of {charge.limit} calls"
+    else:
+        code, what = "budget_exceeded", f"budget {charge.policy_id}: {breach.used} of {charge.limit} used, {charge.amount} more asked"
+    reason = f"{what} in {charge.window_seconds}s; retry after {breach.retry_after}s"
+    step = Step(charge.policy_id, charge.kind, "decides", reason)
+    return decision._replace(
+        effect=Effect.DENY,
+        policy_id=charge.policy_id,
+        reason_code=code,
+        reason=reason,
+        charges=(),
+        retry_after=breach.retry_after,
+        details={
+            "used": breach.used,
+            "limit": charge.limit,
+            "requested": charge.amount,
+            "window_seconds": charge.window_seconds,
+            "retry_after": breach.retry_after,
+        },
+        extra_steps=(*decision.extra_steps, step),
+    )

@@ -18,7 +18,7 @@ import fastjsonschema
 
 from cra.errors import AtlasError, ProtocolError, ValidationError, json_pointer
 
-__all__ = ["SCHEMA_FILES", "SchemaKind", "load_schema", "validate"]
+__all__ = ["SCHEMA_FILES", "SchemaKind", "compile_validator", "load_schema", "validate"]
 
 SchemaKind = Literal[
     "carp-request",
@@ -88,3 +88,28 @@ def validate(kind: SchemaKind, document: object, *, source: str | None = None) -
         raise error(path, reason, source=source) from None
     except RecursionError:
         raise error("", "document is nested too deeply", source=source) from None
+
+
+def compile_validator(
+    schema: dict[str, Any], *, error: type[ValidationError] = ProtocolError, source: str | None = None
+) -> Callable[[object], None]:
+    """Compile a JSON Schema (for example an action's ``parameters_schema``).
+
+    The returned function raises ``error`` with a JSON Pointer and a reason.
+    A schema that cannot be compiled raises ``error`` at once.
+    """
+    try:
+        check = fastjsonschema.compile(schema, use_default=False)
+    except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError) as exc:
+        raise error("", f"not a usable JSON Schema: {exc}", source=source) from None
+
+    def run(document: object) -> None:
+        try:
+            check(document)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            path, reason = _pointer(exc)
+            raise error(path, reason, source=source) from None
+        except RecursionError:
+            raise error("", "document is nested too deeply", source=source) from None
+
+    return run

@@ -1,0 +1,89 @@
+"""CARP/1.0 requests as typed values, and the pieces of a resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from cra.errors import ProtocolError
+from cra.protocol.validation import validate
+
+__all__ = ["CARP_VERSION", "CarpRequest", "Execution", "parse_carp_request", "parse_timestamp"]
+
+CARP_VERSION: Final = "1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    resolution_id: str
+    action_id: str
+    parameters: Mapping[str, Any]
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CarpRequest:
+    """A validated CARP/1.0 request.
+
+    ``risk_tier`` is ``None`` when the request does not state one (the protocol
+    default is ``low``; the engine also takes each action's declared tier).
+    """
+
+    request_id: str
+    timestamp: str
+    operation: str
+    agent_id: str
+    session_id: str
+    goal: str
+    risk_tier: str | None = None
+    context_hints: tuple[str, ...] = ()
+    required_capabilities: tuple[str, ...] = ()
+    atlas_ids: tuple[str, ...] | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+    parent_session_id: str | None = None
+    execution: Execution | None = None
+
+
+def parse_timestamp(value: str, path: str) -> datetime:
+    """Parse an RFC 3339 timestamp with a time zone."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ProtocolError(path, f"{value!r} is not an RFC 3339 date-time") from None
+    if moment.tzinfo is None:
+        raise ProtocolError(path, "timestamp must carry a time zone")
+    return moment
+
+
+def parse_carp_request(data: object) -> CarpRequest:
+    """Validate a CARP request object against the CARP/1.0 schema and type it.
+
+    ``task`` is required by the schema for every operation; an execute request
+    must also carry ``execution``.
+    """
+    validate("carp-request", data)
+    assert isinstance(data, dict)
+    requester = data["requester"]
+    task = data["task"]
+    execution = None
+    if "execution" in data:
+        e = data["execution"]
+        execution = Execution(e["resolution_id"], e["action_id"], e["parameters"], e.get("idempotency_key"))
+    parse_timestamp(data["timestamp"], "/timestamp")
+    return CarpRequest(
+        request_id=data["request_id"],
+        timestamp=data["timestamp"],
+        operation=data["operation"],
+        agent_id=requester["agent_id"],
+        session_id=requester["session_id"],
+        parent_session_id=requester.get("parent_session_id"),
+        goal=task["goal"],
+        risk_tier=task.get("risk_tier"),
+        context_hints=tuple(task.get("context_hints", ())),
+        required_capabilities=tuple(task.get("required_capabilities", ())),
+        atlas_ids=tuple(data["atlas_ids"]) if "atlas_ids" in data else None,
+        context=data.get("context", {}),
+        execution=execution,
+    )

@@ -1,0 +1,132 @@
+"""Human approvals: pending requests, and the signed single-use tickets they yield.
+
+A ticket is bound to the tenant, session, agent, action and the SHA-256 of the
+call's canonical arguments, and it expires. It reads
+``base64url(canonical claims) "." signature``; the signature comes from the
+runtime's :class:`~cra.runtime.ports.Signer`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Literal
+
+from cra.errors import ApprovalError
+from cra.protocol._canonical import canonical_json, sha256_hex
+from cra.runtime.ports import Signer
+
+__all__ = ["Approval", "ApprovalTicket", "arguments_hash", "issue_ticket", "read_ticket"]
+
+ApprovalStatus = Literal["pending", "approved", "denied", "used"]
+
+
+def arguments_hash(params: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a call's arguments."""
+    return sha256_hex(canonical_json(params))
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """One approval request and what became of it."""
+
+    approval_id: str
+    tenant_id: str
+    session_id: str
+    agent_id: str
+    action_id: str
+    arguments_hash: str
+    parameters: Mapping[str, Any]
+    policy_id: str
+    reason: str
+    approver_roles: tuple[str, ...]
+    ticket_ttl_seconds: int
+    requested_at: datetime
+    status: ApprovalStatus = "pending"
+    approver: str | None = None
+    comment: str | None = None
+    decided_at: datetime | None = None
+    expires_at: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def decided(self, status: ApprovalStatus, **changes: Any) -> Approval:
+        return replace(self, status=status, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "approval_id": self.approval_id,
+            "tenant_id": self.tenant_id,
+            "session_id": self.session_id,
+            "agent_id": self.agent_id,
+            "action_id": self.action_id,
+            "arguments_hash": self.arguments_hash,
+            "parameters": dict(self.parameters),
+            "policy_id": self.policy_id,
+            "reason": self.reason,
+            "approver_roles": list(self.approver_roles),
+            "status": self.status,
+            "approver": self.approver,
+            "comment": self.comment,
+            "requested_at": self.requested_at.isoformat(),
+            "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalTicket:
+    token: str
+    approval_id: str
+    expires_at: datetime
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def issue_ticket(signer: Signer, approval: Approval) -> ApprovalTicket:
+    """Sign a ticket for an approved approval (``expires_at`` must be set)."""
+    if approval.status != "approved" or approval.expires_at is None:
+        raise ApprovalError(f"approval {approval.approval_id} is {approval.status}, not approved")
+    claims = {
+        "v": 1,
+        "kid": signer.key_id,
+        "aid": approval.approval_id,
+        "tenant": approval.tenant_id,
+        "sid": approval.session_id,
+        "agent": approval.agent_id,
+        "action": approval.action_id,
+        "args": approval.arguments_hash,
+        "exp": int(approval.expires_at.timestamp()),
+    }
+    body = canonical_json(claims).encode("utf-8")
+    return ApprovalTicket(f"{_b64(body)}.{signer.sign(body)}", approval.approval_id, approval.expires_at)
+
+
+def read_ticket(signer: Signer, token: str) -> dict[str, Any]:
+    """The verified claims of ``token``; :class:`ApprovalError` if it is malformed or forged."""
+    if not isinstance(token, str) or token.count(".") != 1 or len(token) > 4096:
+        raise ApprovalError("approval ticket is malformed")
+    encoded, signature = token.split(".")
+    try:
+        body = _unb64(encoded)
+    except (binascii.Error, ValueError):
+        raise ApprovalError("approval ticket is malformed") from None
+    if not signer.verify(body, signature):
+        raise ApprovalError("approval ticket signature does not verify")
+    try:
+        claims = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApprovalError("approval ticket is malformed") from None
+    expected = {"v", "kid", "aid", "tenant", "sid", "agent", "action", "args", "exp"}
+    if not isinstance(claims, dict) or set(claims) != expected or claims["v"] != 1:
+        raise ApprovalError("approval ticket is malformed")
+    return claims

@@ -1,0 +1,117 @@
+"""The in-process policy engine: one compiled atlas, evaluated in microseconds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from cra.policy.compiler import CompiledPolicy, compile_atlas
+from cra.policy.decision import _EMPTY, Decision, Effect, EvalRequest, limit_exceeded
+from cra.protocol.atlas import Atlas
+from cra.runtime.atlas_files import AtlasSource, load_atlas
+from cra.runtime.clock import SystemClock
+from cra.runtime.memory import MemoryCounters
+from cra.runtime.ports import Clock, CounterStore
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Evaluate proposed calls against one atlas.
+
+    >>> engine = Engine.from_atlas("examples/atlases/customer-support")
+    >>> d = engine.evaluate(action="refund.create", agent="support-bot", roles=["agent"],
+    ...                     risk_tier="low", params={"amount": 120})
+    >>> d.effect, d.policy_id, d.reason, d.explain()
+
+    A call that is allowed consumes its rate limits and budgets unless
+    ``dry_run`` is set. Roles are the host's word about the caller, never the
+    agent's.
+    """
+
+    __slots__ = ("_clock", "_compiled", "_counters", "_uses_time", "tenant_id")
+
+    def __init__(
+        self,
+        atlas: Atlas,
+        *,
+        counters: CounterStore | None = None,
+        clock: Clock | None = None,
+        tenant_id: str = "default",
+    ) -> None:
+        self._compiled = compile_atlas(atlas)
+        self._counters: CounterStore = counters if counters is not None else MemoryCounters()
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._uses_time = any(c.key == "time_window" for r in self._compiled.rules for c in r.conditions)
+        self.tenant_id = tenant_id
+
+    @classmethod
+    def from_atlas(
+        cls,
+        source: AtlasSource,
+        *,
+        counters: CounterStore | None = None,
+        clock: Clock | None = None,
+        tenant_id: str = "default",
+    ) -> Engine:
+        """Load and compile an atlas (a package directory, a JSON file, a dict or an :class:`Atlas`)."""
+        return cls(load_atlas(source), counters=counters, clock=clock, tenant_id=tenant_id)
+
+    @property
+    def atlas(self) -> Atlas:
+        return self._compiled.atlas
+
+    @property
+    def compiled(self) -> CompiledPolicy:
+        return self._compiled
+
+    @property
+    def digest(self) -> str:
+        """The content digest of the policy package that makes every decision."""
+        return self._compiled.atlas.digest
+
+    def evaluate(
+        self,
+        action: str,
+        agent: str,
+        roles: Iterable[str] = (),
+        risk_tier: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        *,
+        session_id: str | None = None,
+        tenant_id: str | None = None,
+        approved: bool = False,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> Decision:
+        """Decide one proposed call.
+
+        ``params`` are the call's arguments (none given means none: conditions
+        on them then read missing attributes and fail closed). ``approved``
+        says the host has verified an approval for exactly this call.
+        """
+        compiled = self._compiled
+        if now is None and self._uses_time:
+            now = self._clock.now()
+        req = EvalRequest(
+            action,
+            agent,
+            roles if isinstance(roles, frozenset) else frozenset(roles),
+            compiled.effective_tier(action, risk_tier),
+            _EMPTY if params is None else params,
+            _EMPTY if context is None else context,
+            now,
+            session_id,
+            self.tenant_id if tenant_id is None else tenant_id,
+            approved,
+        )
+        decision = compiled.evaluate(req)
+        if decision.charges and decision.effect is Effect.ALLOW:
+            moment = (now or self._clock.now()).timestamp()
+            store = self._counters
+            breach = store.check(decision.charges, moment) if dry_run else store.consume(decision.charges, moment)
+            if breach is not None:
+                return limit_exceeded(decision, breach)
+        return decision

@@ -1,0 +1,180 @@
+"""In-memory implementations of the runtime's ports."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import threading
+from collections import deque
+from collections.abc import Sequence
+
+from cra.policy.decision import Charge, LimitBreach
+from cra.runtime.approvals import Approval
+from cra.runtime.records import ResolutionRecord, Session
+from cra.trace.event import TraceEvent
+
+__all__ = [
+    "HmacSigner",
+    "MemoryApprovals",
+    "MemoryCounters",
+    "MemoryEventStore",
+    "MemoryResolutions",
+    "MemorySessions",
+    "MemorySink",
+]
+
+
+class MemoryCounters:
+    """Exact sliding-window counters, kept per key, safe across threads."""
+
+    def __init__(self) -> None:
+        self._hits: dict[str, deque[tuple[float, int | float]]] = {}
+        self._lock = threading.Lock()
+
+    def _window(self, key: str, window: int, now: float) -> deque[tuple[float, int | float]]:
+        hits = self._hits.get(key)
+        if hits is None:
+            hits = self._hits[key] = deque()
+        horizon = now - window
+        while hits and hits[0][0] <= horizon:
+            hits.popleft()
+        return hits
+
+    def _breach(self, charge: Charge, now: float) -> LimitBreach | None:
+        hits = self._window(charge.key, charge.window_seconds, now)
+        used = sum(amount for _, amount in hits)
+        if used + charge.amount <= charge.limit:
+            return None
+        # The earliest moment enough of the window has expired for this charge to fit.
+        freed = 0.0
+        wait = float(charge.window_seconds)
+        for ts, amount in hits:
+            freed += amount
+            if used - freed + charge.amount <= charge.limit:
+                wait = ts + charge.window_seconds - now
+                break
+        return LimitBreach(charge, used, max(1, int(-(-wait // 1))))
+
+    def check(self, charges: Sequence[Charge], now: float) -> LimitBreach | None:
+        with self._lock:
+            for charge in charges:
+                breach = self._breach(charge, now)
+                if breach is not None:
+                    return breach
+            return None
+
+    def consume(self, charges: Sequence[Charge], now: float) -> LimitBreach | None:
+        with self._lock:
+            for charge in charges:
+                breach = self._breach(charge, now)
+                if breach is not None:
+                    return breach
+            for charge in charges:
+                self._hits[charge.key].append((now, charge.amount))
+            return None
+
+
+class MemoryEventStore:
+    """Every session's events in a list, in order."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, list[TraceEvent]] = {}
+
+    def append(self, event: TraceEvent) -> None:
+        chain = self._events.setdefault(event.session_id, [])
+        if event.sequence != len(chain):
+            raise ValueError(f"event {event.sequence} does not continue a chain of {len(chain)} events")
+        chain.append(event)
+
+    def last(self, session_id: str) -> TraceEvent | None:
+        chain = self._events.get(session_id)
+        return chain[-1] if chain else None
+
+    def events(self, session_id: str) -> list[TraceEvent]:
+        return list(self._events.get(session_id, ()))
+
+
+class MemorySink:
+    """Collects emitted events; useful in tests and for streaming to a caller."""
+
+    def __init__(self) -> None:
+        self.events: list[TraceEvent] = []
+
+    def emit(self, event: TraceEvent) -> None:
+        self.events.append(event)
+
+
+class HmacSigner:
+    """HMAC-SHA256 signatures with a secret key (random unless one is given)."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key if key is not None else secrets.token_bytes(32)
+        if len(self._key) < 16:
+            raise ValueError("an HMAC key needs at least 16 bytes")
+        self._key_id = hashlib.sha256(b"cra-ticket-key\n" + self._key).hexdigest()[:8]
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    def sign(self, message: bytes) -> str:
+        mac = hmac.new(self._key, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+    def verify(self, message: bytes, signature: str) -> bool:
+        return hmac.compare_digest(self.sign(message), signature)
+
+
+class MemorySessions:
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._request_ids: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def put(self, session: Session) -> None:
+        self._sessions[session.session_id] = session
+
+    def list(self, tenant_id: str | None = None) -> list[Session]:
+        return [s for s in self._sessions.values() if tenant_id is None or s.tenant_id == tenant_id]
+
+    def claim_request_id(self, session_id: str, request_id: str) -> bool:
+        with self._lock:
+            seen = self._request_ids.setdefault(session_id, set())
+            if request_id in seen:
+                return False
+            seen.add(request_id)
+            return True
+
+
+class MemoryResolutions:
+    def __init__(self) -> None:
+        self._records: dict[str, ResolutionRecord] = {}
+
+    def get(self, resolution_id: str) -> ResolutionRecord | None:
+        return self._records.get(resolution_id)
+
+    def put(self, record: ResolutionRecord) -> None:
+        self._records[record.resolution_id] = record
+
+
+class MemoryApprovals:
+    def __init__(self) -> None:
+        self._approvals: dict[str, Approval] = {}
+
+    def get(self, approval_id: str) -> Approval | None:
+        return self._approvals.get(approval_id)
+
+    def put(self, approval: Approval) -> None:
+        self._approvals[approval.approval_id] = approval
+
+    def list(self, *, session_id: str | None = None, status: str | None = None) -> list[Approval]:
+        return [
+            a
+            for a in self._approvals.values()
+            if (session_id is None or a.session_id == session_id) and (status is None or a.status == status)
+        ]
