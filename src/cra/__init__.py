@@ -1,0 +1,82 @@
+"""CRA, the Context Registry for Agents: a deterministic, fail-closed governance runtime.
+
+The in-process API::
+
+    from cra import Engine, Resolver
+    engine = Engine.from_atlas("examples/atlases/customer-support")
+    decision = engine.evaluate(action="refund.create", agent="support-bot", roles=["agent"],
+                               risk_tier="low", params={"amount": 120})
+    print(decision.effect, decision.policy_id, decision.explain())
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from cra.errors import (
+    ApprovalError,
+    AtlasError,
+    ChainError,
+    CRAError,
+    NotFoundError,
+    PolicyError,
+    ProtocolError,
+    ResolutionError,
+    RuntimeStateError,
+    SessionError,
+    TraceError,
+    ValidationError,
+)
+from cra.policy.decision import Decision, Effect, Step
+from cra.protocol.atlas import Atlas
+from cra.runtime.approvals import Approval, ApprovalTicket
+from cra.runtime.atlas_files import load_atlas
+from cra.runtime.clock import ManualClock, SystemClock
+from cra.runtime.engine import Engine
+from cra.runtime.ids import SeededIds, SystemIds
+from cra.runtime.memory import MemoryCounters, MemoryEventStore, MemorySink
+from cra.runtime.resolver import Resolver
+from cra.trace.chain import ChainReport, check_chain, verify_chain
+from cra.trace.event import TraceEvent
+from cra.trace.jsonl import dumps_trace, loads_trace
+
+try:
+    __version__ = version("cra")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Approval",
+    "ApprovalError",
+    "ApprovalTicket",
+    "Atlas",
+    "AtlasError",
+    "CRAError",
+    "ChainError",
+    "ChainReport",
+    "Decision",
+    "Effect",
+    "Engine",
+    "ManualClock",
+    "MemoryCounters",
+    "MemoryEventStore",
+    "MemorySink",
+    "NotFoundError",
+    "PolicyError",
+    "ProtocolError",
+    "ResolutionError",
+    "Resolver",
+    "RuntimeStateError",
+    "SeededIds",
+    "SessionError",
+    "Step",
+    "SystemClock",
+    "SystemIds",
+    "TraceError",
+    "TraceEvent",
+    "ValidationError",
+    "__version__",
+    "check_chain",
+    "dumps_trace",
+    "load_atlas",
+    "loads_trace",
+    "verify_chain",
+]
