@@ -1,0 +1,1 @@
+"""The ``cra`` command line."""
