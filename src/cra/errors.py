@@ -21,6 +21,8 @@ HTTP statuses: entry points map these classes in one place each.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ApprovalError",
     "AtlasError",
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 
-def json_pointer(parts: tuple[str | int, ...] | list[str | int]) -> str:
+def json_pointer(parts: Sequence[str | int]) -> str:
     """Render path segments as an RFC 6901 JSON Pointer ('' is the whole document)."""
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 

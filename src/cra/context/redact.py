@@ -110,7 +110,9 @@ def compile_redactor(config: Mapping[str, Any] | None, *, source: str | None = N
         try:
             pattern = re.compile(custom["pattern"])
         except re.error as exc:
-            raise AtlasError(f"/redaction/custom/{i}/pattern", f"not a valid regular expression: {exc}", source=source) from None
+            raise AtlasError(
+                f"/redaction/custom/{i}/pattern", f"not a valid regular expression: {exc}", source=source
+            ) from None
         if pattern.fullmatch(""):
             raise AtlasError(f"/redaction/custom/{i}/pattern", "must not match the empty string", source=source)
         rules.append((custom["name"], pattern, None))

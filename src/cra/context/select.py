@@ -31,12 +31,23 @@ from cra.policy.conditions import TRUE, Condition, compile_conditions, evaluate_
 from cra.policy.decision import EvalRequest
 from cra.protocol.atlas import Atlas, ContextPackSpec
 
-__all__ = ["ContextBlock", "ContextCatalog", "ContextSelection", "Redaction", "compile_context", "estimate_tokens", "words"]
+__all__ = [
+    "ContextBlock",
+    "ContextCatalog",
+    "ContextSelection",
+    "Redaction",
+    "compile_context",
+    "estimate_tokens",
+    "words",
+]
 
-_STOPWORDS: Final = frozenset(
-    "a an and are as at be by do for from has have i in is it me my need of on or our please the this to us we "
-    "what when with you your".split()
-)
+# fmt: off
+_STOPWORDS: Final = frozenset((
+    "a", "an", "and", "are", "as", "at", "be", "by", "do", "for", "from", "has", "have", "i", "in", "is", "it",
+    "me", "my", "need", "of", "on", "or", "our", "please", "the", "this", "to", "us", "we", "what", "when",
+    "with", "you", "your",
+))
+# fmt: on
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CONTENT_TYPES: Final = {".md": "text/markdown", ".markdown": "text/markdown", ".json": "application/json"}
 

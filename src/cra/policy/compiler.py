@@ -168,7 +168,10 @@ class CompiledPolicy:
                     steps.append(Step(rule.policy_id, "deny", "decides", rule.describe(req)))
                 if r == UNKNOWN:
                     return self._decision(
-                        req, Effect.DENY, rule.policy_id, "unknown_attribute",
+                        req,
+                        Effect.DENY,
+                        rule.policy_id,
+                        "unknown_attribute",
                         f"{rule.reason} (applied because an attribute it reads is missing or of the wrong type)",
                     )
                 return self._decision(req, Effect.DENY, rule.policy_id, "policy_deny", rule.reason)
@@ -177,11 +180,15 @@ class CompiledPolicy:
         for rule in ar.approval:
             if req.approved:
                 if steps is not None:
-                    steps.append(Step(rule.policy_id, "require_approval", "satisfied", "the call carries a valid approval"))
+                    steps.append(
+                        Step(rule.policy_id, "require_approval", "satisfied", "the call carries a valid approval")
+                    )
                 continue
             if approval is not None:
                 if steps is not None:
-                    steps.append(Step(rule.policy_id, "require_approval", "skipped", f"{approval.policy_id} already applies"))
+                    steps.append(
+                        Step(rule.policy_id, "require_approval", "skipped", f"{approval.policy_id} already applies")
+                    )
                 continue
             r = rule.match(req)
             if r == FALSE:
@@ -217,7 +224,14 @@ class CompiledPolicy:
                 charges = []
             charges.append(charge)
             if steps is not None:
-                steps.append(Step(rule.policy_id, rule.type, "applies", f"consumes {charge.amount} of {charge.limit} per {charge.window_seconds}s"))
+                steps.append(
+                    Step(
+                        rule.policy_id,
+                        rule.type,
+                        "applies",
+                        f"consumes {charge.amount} of {charge.limit} per {charge.window_seconds}s",
+                    )
+                )
 
         granted: Rule | None = None
         conditional: Rule | None = None
@@ -236,7 +250,9 @@ class CompiledPolicy:
                 continue
             unknown_allow = unknown_allow or r == UNKNOWN
             if steps is not None:
-                steps.append(Step(rule.policy_id, "allow", "unknown" if r == UNKNOWN else "not_applicable", rule.describe(req)))
+                steps.append(
+                    Step(rule.policy_id, "allow", "unknown" if r == UNKNOWN else "not_applicable", rule.describe(req))
+                )
         if granted is None and conditional is not None:
             granted = conditional
             constraints = _add(constraints, conditional.policy_id)
@@ -244,7 +260,9 @@ class CompiledPolicy:
         if granted is None:
             reason = f"No policy allows {req.action}"
             if unknown_allow:
-                reason += " (an allow policy could not match because an attribute it reads is missing or of the wrong type)"
+                reason += (
+                    " (an allow policy could not match because an attribute it reads is missing or of the wrong type)"
+                )
             if steps is not None:
                 steps.append(Step("(default)", "default", "decides", "nothing allowed the action, so it is denied"))
             return self._decision(req, Effect.DENY, None, "default_deny", reason)
@@ -254,12 +272,30 @@ class CompiledPolicy:
             requirement = approval.approval
             assert requirement is not None
             return Decision(
-                Effect.REQUIRES_APPROVAL, req.action, approval.policy_id, "approval_required", approval.reason,
-                (), requirement, frozen_constraints, None, None, (self, req),
+                Effect.REQUIRES_APPROVAL,
+                req.action,
+                approval.policy_id,
+                "approval_required",
+                approval.reason,
+                (),
+                requirement,
+                frozen_constraints,
+                None,
+                None,
+                (self, req),
             )
         return Decision(
-            Effect.ALLOW, req.action, granted.policy_id, "policy_allow", granted.reason,
-            tuple(charges) if charges else (), None, frozen_constraints, None, None, (self, req),
+            Effect.ALLOW,
+            req.action,
+            granted.policy_id,
+            "policy_allow",
+            granted.reason,
+            tuple(charges) if charges else (),
+            None,
+            frozen_constraints,
+            None,
+            None,
+            (self, req),
         )
 
     def _decision(self, req: EvalRequest, effect: Effect, policy_id: str | None, code: str, reason: str) -> Decision:
@@ -272,7 +308,8 @@ class CompiledPolicy:
             return f"{rule.type} {rule.policy_id} counts per {rule.scope}, but the call has no {rule.scope} id"
         if rule.type == "rate_limit":
             return Charge(rule.policy_id, "rate_limit", key, 1, rule.max_amount, rule.window_seconds)
-        assert rule.param is not None and req.params is not None
+        assert rule.param is not None
+        assert req.params is not None
         amount = lookup(req.params, rule.param)
         if not isinstance(amount, int | float) or isinstance(amount, bool) or not (0 <= amount < float("inf")):
             return f"budget {rule.policy_id} needs params.{rule.param} as a non-negative number"
@@ -287,7 +324,9 @@ def _add(items: list[str] | None, item: str) -> list[str]:
     return items
 
 
-def _param(params: Mapping[str, Any], key: str, check: Callable[[Any], bool], what: str, at: str, source: str | None) -> Any:
+def _param(
+    params: Mapping[str, Any], key: str, check: Callable[[Any], bool], what: str, at: str, source: str | None
+) -> Any:
     if key not in params:
         raise PolicyError(f"{at}/parameters/{key}", "is required", source=source)
     value = params[key]
@@ -351,7 +390,9 @@ def _compile_rule(atlas: Atlas, index: int, capabilities: Mapping[str, frozenset
             raise PolicyError(f"{at}/parameters/approver_roles", "must be an array of role names", source=source)
         ttl = p.get("ticket_ttl_seconds", 900)
         if not _positive_int(ttl) or ttl > 86_400:
-            raise PolicyError(f"{at}/parameters/ticket_ttl_seconds", "must be an integer from 1 to 86400", source=source)
+            raise PolicyError(
+                f"{at}/parameters/ticket_ttl_seconds", "must be an integer from 1 to 86400", source=source
+            )
         common["approval"] = ApprovalRequirement(spec.policy_id, common["reason"], tuple(roles), ttl)
     elif spec.type in ("rate_limit", "budget"):
         scope = p.get("scope", "agent")
@@ -363,12 +404,20 @@ def _compile_rule(atlas: Atlas, index: int, capabilities: Mapping[str, frozenset
             common["max_amount"] = _param(p, "max_calls", _positive_int, "an integer >= 1", at, source)
         else:
             common["param"] = _param(
-                p, "param", lambda v: isinstance(v, str) and bool(v) and all(v.split(".")), "a dotted parameter name", at, source
+                p,
+                "param",
+                lambda v: isinstance(v, str) and bool(v) and all(v.split(".")),
+                "a dotted parameter name",
+                at,
+                source,
             )
             common["max_amount"] = _param(
-                p, "limit",
+                p,
+                "limit",
                 lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < float("inf"),
-                "a positive number", at, source,
+                "a positive number",
+                at,
+                source,
             )
     return Rule(**common)
 

@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import time
 from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -50,7 +50,17 @@ DEFERRED: Final = 3
 _NAMES = {TRUE: "true", FALSE: "false", UNKNOWN: "unknown", DEFERRED: "deferred"}
 
 CONDITION_KEYS: Final = frozenset(
-    {"risk_tiers", "agents", "capabilities", "context_matches", "time_window", "roles", "not_roles", "params", "context"}
+    {
+        "risk_tiers",
+        "agents",
+        "capabilities",
+        "context_matches",
+        "time_window",
+        "roles",
+        "not_roles",
+        "params",
+        "context",
+    }
 )
 OPERATORS: Final = frozenset({"eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "exists", "glob"})
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -179,11 +189,13 @@ def _operator(op: str, arg: Any, pointer: str, source: str | None) -> Callable[[
     raise PolicyError(pointer, f"unknown operator {op!r}; known: {', '.join(sorted(OPERATORS))}", source=source)
 
 
-def _attribute_test(
-    where: str, key: str, ops: Mapping[str, Any], pointer: str, source: str | None
-) -> Condition:
+def _attribute_test(where: str, key: str, ops: Mapping[str, Any], pointer: str, source: str | None) -> Condition:
     if not isinstance(ops, Mapping) or not ops:
-        raise PolicyError(pointer, "must be an object of operators (eq, ne, in, not_in, gt, gte, lt, lte, exists, glob)", source=source)
+        raise PolicyError(
+            pointer,
+            "must be an object of operators (eq, ne, in, not_in, gt, gte, lt, lte, exists, glob)",
+            source=source,
+        )
     if not key or any(not part for part in key.split(".")):
         raise PolicyError(pointer, f"{key!r} is not a valid dotted key", source=source)
     fns = tuple(_operator(op, arg, f"{pointer}/{op}", source) for op, arg in ops.items())
@@ -226,7 +238,9 @@ def _time_window(spec: Any, pointer: str, source: str | None) -> Condition:
         raise PolicyError(pointer, "must be an object", source=source)
     extra = sorted(set(spec) - {"start", "end", "timezone", "days"})
     if extra:
-        raise PolicyError(f"{pointer}/{extra[0]}", "is not a time_window key (start, end, timezone, days)", source=source)
+        raise PolicyError(
+            f"{pointer}/{extra[0]}", "is not a time_window key (start, end, timezone, days)", source=source
+        )
     start = _parse_time(spec["start"], f"{pointer}/start", source) if "start" in spec else time(0, 0)
     end = _parse_time(spec["end"], f"{pointer}/end", source) if "end" in spec else None
     tz_name = spec.get("timezone", "UTC")
@@ -258,6 +272,45 @@ def _time_window(spec: Any, pointer: str, source: str | None) -> Condition:
     return Condition("time_window", text, test)
 
 
+def _risk_tiers(tiers: frozenset[str]) -> Condition:
+    def test(r: EvalRequest) -> int:
+        if r.risk_tier is None:
+            return UNKNOWN
+        return TRUE if r.risk_tier in tiers else FALSE
+
+    return Condition("risk_tiers", f"risk tier in {sorted(tiers)}", test)
+
+
+def _agents(patterns: list[str]) -> Condition:
+    globs = tuple(compile_glob(g) for g in patterns)
+
+    def test(r: EvalRequest) -> int:
+        return TRUE if any(m(r.agent) for m in globs) else FALSE
+
+    return Condition("agents", f"agent matches {patterns}", test)
+
+
+def _roles(roles: frozenset[str], *, negate: bool) -> Condition:
+    if negate:
+
+        def test(r: EvalRequest) -> int:
+            return FALSE if r.roles & roles else TRUE
+
+        return Condition("not_roles", f"caller has no role in {sorted(roles)}", test)
+
+    def test_any(r: EvalRequest) -> int:
+        return TRUE if r.roles & roles else FALSE
+
+    return Condition("roles", f"caller has a role in {sorted(roles)}", test_any)
+
+
+def _capabilities(names: list[str], actions: frozenset[str]) -> Condition:
+    def test(r: EvalRequest) -> int:
+        return TRUE if r.action in actions else FALSE
+
+    return Condition("capabilities", f"action belongs to capability {names}", test)
+
+
 def compile_conditions(
     conditions: Mapping[str, Any],
     pointer: str,
@@ -273,33 +326,18 @@ def compile_conditions(
     for key, value in conditions.items():
         at = f"{pointer}/{key}"
         if key == "risk_tiers":
-            tiers = frozenset(_string_list(value, at, source))
-            out.append(
-                Condition(key, f"risk tier in {sorted(tiers)}", lambda r, s=tiers: UNKNOWN if r.risk_tier is None else (TRUE if r.risk_tier in s else FALSE))
-            )
+            out.append(_risk_tiers(frozenset(_string_list(value, at, source))))
         elif key == "agents":
-            globs = tuple(compile_glob(g) for g in _string_list(value, at, source))
-            out.append(
-                Condition(key, f"agent matches {value}", lambda r, g=globs: TRUE if any(m(r.agent) for m in g) else FALSE)
-            )
-        elif key == "roles":
-            roles = frozenset(_string_list(value, at, source))
-            out.append(Condition(key, f"caller has a role in {sorted(roles)}", lambda r, s=roles: TRUE if r.roles & s else FALSE))
-        elif key == "not_roles":
-            roles = frozenset(_string_list(value, at, source))
-            out.append(
-                Condition(key, f"caller has no role in {sorted(roles)}", lambda r, s=roles: FALSE if r.roles & s else TRUE)
-            )
+            out.append(_agents(_string_list(value, at, source)))
+        elif key in ("roles", "not_roles"):
+            out.append(_roles(frozenset(_string_list(value, at, source)), negate=key == "not_roles"))
         elif key == "capabilities":
             members: set[str] = set()
             for i, cap in enumerate(_string_list(value, at, source)):
                 if cap not in capabilities:
                     raise PolicyError(f"{at}/{i}", f"capability {cap!r} is not declared in this atlas", source=source)
                 members |= capabilities[cap]
-            acts = frozenset(members)
-            out.append(
-                Condition(key, f"action belongs to capability {value}", lambda r, s=acts: TRUE if r.action in s else FALSE)
-            )
+            out.append(_capabilities(value, frozenset(members)))
         elif key == "context_matches":
             if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
                 raise PolicyError(at, "must be an object of strings", source=source)
@@ -313,7 +351,9 @@ def compile_conditions(
             for ak, ops in value.items():
                 out.append(_attribute_test(key, ak, ops, f"{at}/{ak}", source))
         else:
-            raise PolicyError(at, f"unknown condition key {key!r}; known: {', '.join(sorted(CONDITION_KEYS))}", source=source)
+            raise PolicyError(
+                at, f"unknown condition key {key!r}; known: {', '.join(sorted(CONDITION_KEYS))}", source=source
+            )
     return tuple(out)
 
 

@@ -1,4 +1,4 @@
-"""The values the policy engine takes and returns.
+r"""The values the policy engine takes and returns.
 
 :class:`EvalRequest` and :class:`Decision` are built once per evaluation, on
 the hot path, so they are ``NamedTuple``\ s: immutable like the frozen
@@ -173,7 +173,10 @@ def limit_exceeded(decision: Decision, breach: LimitBreach) -> Decision:
     if charge.kind == "rate_limit":
         code, what = "rate_limit_exceeded", f"rate limit {charge.policy_id}: {breach.used} of {charge.limit} calls"
     else:
-        code, what = "budget_exceeded", f"budget {charge.policy_id}: {breach.used} of {charge.limit} used, {charge.amount} more asked"
+        code, what = (
+            "budget_exceeded",
+            f"budget {charge.policy_id}: {breach.used} of {charge.limit} used, {charge.amount} more asked",
+        )
     reason = f"{what} in {charge.window_seconds}s; retry after {breach.retry_after}s"
     step = Step(charge.policy_id, charge.kind, "decides", reason)
     return decision._replace(

@@ -333,9 +333,7 @@ def _load_json(name: str, data: bytes, source: str | None) -> Any:
         raise AtlasError("", "JSON is nested too deeply", source=where) from None
 
 
-def _section_docs(
-    package: Mapping[str, bytes], section: str, source: str | None
-) -> list[tuple[str, dict[str, Any]]]:
+def _section_docs(package: Mapping[str, bytes], section: str, source: str | None) -> list[tuple[str, dict[str, Any]]]:
     """Objects from ``section/*.json`` in file-name order, each with its origin."""
     out: list[tuple[str, dict[str, Any]]] = []
     for name in sorted(p for p in package if p.startswith(section + "/") and p.endswith(".json")):

@@ -50,12 +50,12 @@ def load_schema(kind: SchemaKind) -> dict[str, Any]:
 @cache
 def _validator(kind: SchemaKind) -> Callable[[Any], Any]:
     # use_default=False: validation must never write defaults into the caller's document.
-    return fastjsonschema.compile(load_schema(kind), use_default=False)  # type: ignore[no-any-return]
+    return fastjsonschema.compile(load_schema(kind), use_default=False)
 
 
 def _pointer(exc: fastjsonschema.JsonSchemaValueException) -> tuple[str, str]:
     """Turn a fastjsonschema failure into (JSON Pointer, reason)."""
-    parts: list[str | int] = list(exc.path or [])[1:]  # drop the leading 'data'
+    parts: list[str] = list(exc.path or [])[1:]  # drop the leading 'data'
     reason = exc.message
     prefix = exc.name or "data"
     if reason.startswith(prefix):

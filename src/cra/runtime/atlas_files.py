@@ -19,7 +19,7 @@ from cra.errors import AtlasError
 from cra.protocol._canonical import StrictJSONError, loads_strict
 from cra.protocol.atlas import Atlas, parse_atlas, parse_package
 
-__all__ = ["AtlasSource", "MAX_FILE_BYTES", "load_atlas", "read_package"]
+__all__ = ["MAX_FILE_BYTES", "AtlasSource", "load_atlas", "read_package"]
 
 MAX_FILE_BYTES: Final = 8 * 1024 * 1024
 AtlasSource = Atlas | Mapping[str, Any] | str | os.PathLike[str]
@@ -93,7 +93,9 @@ def _load_file(path: Path) -> Atlas:
     except UnicodeDecodeError as exc:
         raise AtlasError("", f"not UTF-8 text (byte {exc.start})", source=str(path)) from None
     except json.JSONDecodeError as exc:
-        raise AtlasError("", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=str(path)) from None
+        raise AtlasError(
+            "", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=str(path)
+        ) from None
     except StrictJSONError as exc:
         raise AtlasError("", str(exc), source=str(path)) from None
     except RecursionError:

@@ -39,30 +39,13 @@ from cra.protocol.atlas import Atlas
 from cra.protocol.carp import parse_timestamp
 from cra.protocol.validation import compile_validator
 from cra.runtime.clock import ManualClock
-from cra.runtime.engine import Engine
+from cra.runtime.engine import EVALUATION_REQUEST_SCHEMA, Engine
 from cra.runtime.memory import MemoryCounters
 
 __all__ = ["AtlasTestCase", "CaseResult", "load_tests", "parse_tests", "run_tests"]
 
 DEFAULT_NOW: Final = datetime(2025, 1, 6, 10, 0, tzinfo=UTC)
 
-_REQUEST = {
-    "type": "object",
-    "required": ["agent", "action"],
-    "additionalProperties": False,
-    "properties": {
-        "agent": {"type": "string", "minLength": 1},
-        "roles": {"type": "array", "items": {"type": "string"}},
-        "action": {"type": "string", "minLength": 1},
-        "risk_tier": {"enum": ["low", "medium", "high", "critical"]},
-        "params": {"type": "object"},
-        "context": {"type": "object"},
-        "session": {"type": "string"},
-        "tenant": {"type": "string"},
-        "approved": {"type": "boolean"},
-        "dry_run": {"type": "boolean"},
-    },
-}
 _EXPECT = {
     "type": "object",
     "required": ["decision"],
@@ -78,7 +61,7 @@ _STEP = {
     "type": "object",
     "required": ["request", "expect"],
     "additionalProperties": False,
-    "properties": {"at": {"type": "number", "minimum": 0}, "request": _REQUEST, "expect": _EXPECT},
+    "properties": {"at": {"type": "number", "minimum": 0}, "request": EVALUATION_REQUEST_SCHEMA, "expect": _EXPECT},
 }
 _FILE_SCHEMA = {
     "type": "object",
@@ -96,7 +79,7 @@ _FILE_SCHEMA = {
                 "properties": {
                     "name": {"type": "string", "minLength": 1},
                     "now": {"type": "string", "format": "date-time"},
-                    "request": _REQUEST,
+                    "request": EVALUATION_REQUEST_SCHEMA,
                     "expect": _EXPECT,
                     "steps": {"type": "array", "minItems": 1, "items": _STEP},
                 },
@@ -106,6 +89,16 @@ _FILE_SCHEMA = {
     },
 }
 _check_file = compile_validator(_FILE_SCHEMA, error=AtlasError)
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML that keeps timestamps as strings, as JSON would."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +152,7 @@ def load_tests(package: str | os.PathLike[str]) -> list[AtlasTestCase]:
             continue
         text = path.read_text("utf-8")
         try:
-            document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            document = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
         except json.JSONDecodeError as exc:
             raise AtlasError("", f"invalid JSON at line {exc.lineno}: {exc.msg}", source=str(path)) from None
         except yaml.YAMLError as exc:
@@ -176,22 +169,16 @@ def _run_case(atlas: Atlas, case: AtlasTestCase) -> CaseResult:
         clock.set(case.now + timedelta(seconds=at))
         where = f"step {n}: " if len(case.steps) > 1 else ""
         try:
-            d = engine.evaluate(
-                action=request["action"],
-                agent=request["agent"],
-                roles=request.get("roles", ()),
-                risk_tier=request.get("risk_tier"),
-                params=request.get("params", {}),
-                context=request.get("context", {}),
-                session_id=request.get("session"),
-                tenant_id=request.get("tenant"),
-                approved=request.get("approved", False),
-                dry_run=request.get("dry_run", False),
-            )
+            d = engine.evaluate_request(request)
         except ValidationError as exc:
             failures.append(f"{where}the request is invalid: {exc}")
             continue
-        got = {"decision": d.effect.value, "policy_id": d.policy_id, "reason_code": d.reason_code, "retry_after": d.retry_after}
+        got = {
+            "decision": d.effect.value,
+            "policy_id": d.policy_id,
+            "reason_code": d.reason_code,
+            "retry_after": d.retry_after,
+        }
         for key, want in expect.items():
             if got[key] != want:
                 failures.append(f"{where}expected {key} {want!r}, got {got[key]!r} ({d.reason})")

@@ -9,12 +9,33 @@ from typing import Any
 from cra.policy.compiler import CompiledPolicy, compile_atlas
 from cra.policy.decision import _EMPTY, Decision, Effect, EvalRequest, limit_exceeded
 from cra.protocol.atlas import Atlas
+from cra.protocol.validation import compile_validator
 from cra.runtime.atlas_files import AtlasSource, load_atlas
 from cra.runtime.clock import SystemClock
 from cra.runtime.memory import MemoryCounters
 from cra.runtime.ports import Clock, CounterStore
 
-__all__ = ["Engine"]
+__all__ = ["EVALUATION_REQUEST_SCHEMA", "Engine"]
+
+#: One proposed call as JSON: what ``cra evaluate --batch`` lines and atlas tests hold.
+EVALUATION_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["agent", "action"],
+    "additionalProperties": False,
+    "properties": {
+        "agent": {"type": "string", "minLength": 1, "maxLength": 255},
+        "roles": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "action": {"type": "string", "minLength": 1, "maxLength": 255},
+        "risk_tier": {"enum": ["low", "medium", "high", "critical"]},
+        "params": {"type": "object"},
+        "context": {"type": "object"},
+        "session": {"type": "string", "minLength": 1},
+        "tenant": {"type": "string", "minLength": 1},
+        "approved": {"type": "boolean"},
+        "dry_run": {"type": "boolean"},
+    },
+}
+_check_request = compile_validator(EVALUATION_REQUEST_SCHEMA)
 
 
 class Engine:
@@ -115,3 +136,22 @@ class Engine:
             if breach is not None:
                 return limit_exceeded(decision, breach)
         return decision
+
+    def evaluate_request(self, request: Mapping[str, Any]) -> Decision:
+        """Validate a JSON evaluation request (see :data:`EVALUATION_REQUEST_SCHEMA`) and decide it.
+
+        Raises :class:`~cra.errors.ProtocolError` naming the JSON path of a bad field.
+        """
+        _check_request(request)
+        return self.evaluate(
+            action=request["action"],
+            agent=request["agent"],
+            roles=request.get("roles", ()),
+            risk_tier=request.get("risk_tier"),
+            params=request.get("params", {}),
+            context=request.get("context", {}),
+            session_id=request.get("session"),
+            tenant_id=request.get("tenant"),
+            approved=request.get("approved", False),
+            dry_run=request.get("dry_run", False),
+        )

@@ -38,7 +38,7 @@ class SeededIds:
     """
 
     def __init__(self, seed: int, clock: Clock) -> None:
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed)  # noqa: S311 - reproducible ids for tests and replays, not secrets
         self._clock = clock
         self._lock = threading.Lock()
 

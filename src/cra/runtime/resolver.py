@@ -87,7 +87,9 @@ def _param_validators(atlas: Atlas) -> dict[str, Callable[[object], None]]:
             try:
                 out[action.action_id] = compile_validator(dict(action.parameters_schema))
             except ValidationError as exc:
-                raise AtlasError(f"/actions/{action.index}/parameters_schema", exc.reason, source=atlas.source) from None
+                raise AtlasError(
+                    f"/actions/{action.index}/parameters_schema", exc.reason, source=atlas.source
+                ) from None
     return out
 
 
@@ -440,7 +442,9 @@ class Resolver:
                 if record is None or record.session_id != session.session_id:
                     raise NotFoundError("resolution", ex.resolution_id)
                 if now >= record.expires_at:
-                    raise ResolutionError(f"resolution {ex.resolution_id} expired at {format_timestamp(record.expires_at)}")
+                    raise ResolutionError(
+                        f"resolution {ex.resolution_id} expired at {format_timestamp(record.expires_at)}"
+                    )
             except (ResolutionError, NotFoundError) as exc:
                 emit("error.occurred", {"code": exc.code, "message": str(exc), "request_id": req.request_id})
                 raise
@@ -461,7 +465,10 @@ class Resolver:
                     approval = self._redeemable(approval_ticket, session, ex.action_id, args_hash, now)
                 except ApprovalError as exc:
                     emit("action.requested", requested)
-                    emit("action.denied", {"action_id": ex.action_id, "reason": str(exc), "policy_id": RESOLUTION_GUARD_ID})
+                    emit(
+                        "action.denied",
+                        {"action_id": ex.action_id, "reason": str(exc), "policy_id": RESOLUTION_GUARD_ID},
+                    )
                     return response.done("denied", error={"code": "invalid_approval", "message": str(exc)})
                 requested["approval_id"] = approval.approval_id
             emit("action.requested", requested)
@@ -515,7 +522,11 @@ class Resolver:
                 emit("policy.evaluated", {**policy_event_payload(decision), "approval_id": pending.approval_id})
                 return response.done(
                     "pending_approval",
-                    result={"approval_id": pending.approval_id, "policy_id": decision.policy_id, "reason": decision.reason},
+                    result={
+                        "approval_id": pending.approval_id,
+                        "policy_id": decision.policy_id,
+                        "reason": decision.reason,
+                    },
                 )
             emit("policy.evaluated", policy_event_payload(decision))
             if decision.effect is Effect.DENY:
@@ -524,7 +535,9 @@ class Resolver:
                         "policy.violated",
                         {
                             "policy_id": decision.policy_id,
-                            "violation_type": "rate_limit" if decision.reason_code == "rate_limit_exceeded" else "budget",
+                            "violation_type": "rate_limit"
+                            if decision.reason_code == "rate_limit_exceeded"
+                            else "budget",
                             "details": dict(decision.details),
                             "action_id": ex.action_id,
                         },
@@ -544,8 +557,13 @@ class Resolver:
                 message = f"no executor is registered for {ex.action_id}"
                 emit(
                     "action.failed",
-                    {"action_id": ex.action_id, "execution_id": execution_id, "error_code": "no_executor",
-                     "error_message": message, "duration_ms": 0},
+                    {
+                        "action_id": ex.action_id,
+                        "execution_id": execution_id,
+                        "error_code": "no_executor",
+                        "error_message": message,
+                        "duration_ms": 0,
+                    },
                 )
                 return response.done("error", error={"code": "no_executor", "message": message})
             if approval is not None:
@@ -563,38 +581,55 @@ class Resolver:
         emit: Callable[[str, dict[str, Any]], None],
     ) -> dict[str, Any]:
         started = self._clock.now()
+        failure: tuple[str, str] | None = None
+        result: dict[str, Any] = {}
+        result_hash = ""
         try:
             value = executor(dict(params))
         except Exception as exc:  # noqa: BLE001 - executors are the host's code; any failure is recorded, not raised
-            code, message, value = "executor_error", f"{type(exc).__name__}: {exc}"[:1000], None
+            failure = ("executor_error", f"{type(exc).__name__}: {exc}"[:1000])
         else:
-            code = message = None
-        result = value if isinstance(value, dict) else {"value": value}
-        if code is None:
+            result = value if isinstance(value, dict) else {"value": value}
             try:
                 result_hash = sha256_hex(canonical_json(result))
             except (TypeError, ValueError) as exc:
-                code, message = "invalid_result", f"the executor returned something that is not JSON: {exc}"[:1000]
+                failure = ("invalid_result", f"the executor returned something that is not JSON: {exc}"[:1000])
         duration = max(0, int((self._clock.now() - started) / timedelta(milliseconds=1)))
-        if code is not None:
-            assert message is not None
+        if failure is not None:
+            code, message = failure
             emit(
                 "action.failed",
-                {"action_id": action_id, "execution_id": execution_id, "error_code": code,
-                 "error_message": message, "duration_ms": duration},
+                {
+                    "action_id": action_id,
+                    "execution_id": execution_id,
+                    "error_code": code,
+                    "error_message": message,
+                    "duration_ms": duration,
+                },
             )
             return response.done("error", error={"code": code, "message": message})
         emit(
             "action.executed",
-            {"action_id": action_id, "execution_id": execution_id, "resolution_id": resolution_id,
-             "duration_ms": duration, "result_hash": result_hash},
+            {
+                "action_id": action_id,
+                "execution_id": execution_id,
+                "resolution_id": resolution_id,
+                "duration_ms": duration,
+                "result_hash": result_hash,
+            },
         )
         return response.done("success", result=result)
 
     # -- approvals ------------------------------------------------------------
 
     def _pending(
-        self, session: Session, action_id: str, args_hash: str, params: dict[str, Any], decision: Decision, now: datetime
+        self,
+        session: Session,
+        action_id: str,
+        args_hash: str,
+        params: dict[str, Any],
+        decision: Decision,
+        now: datetime,
     ) -> Approval:
         for existing in self._approvals.list(session_id=session.session_id, status="pending"):
             if existing.action_id == action_id and existing.arguments_hash == args_hash:
@@ -636,7 +671,9 @@ class Resolver:
         if approver == approval.agent_id:
             raise ApprovalError("an agent cannot decide its own approval request")
         if approval.approver_roles and not set(approver_roles) & set(approval.approver_roles):
-            raise ApprovalError(f"approving {approval.action_id} needs one of the roles {list(approval.approver_roles)}")
+            raise ApprovalError(
+                f"approving {approval.action_id} needs one of the roles {list(approval.approver_roles)}"
+            )
         return approval, self.get_session(approval.session_id)
 
     def approve(
@@ -647,7 +684,9 @@ class Resolver:
             approval, session = self._decidable(approval_id, approver, approver_roles)
             now = self._clock.now()
             expires = now + timedelta(seconds=approval.ticket_ttl_seconds)
-            approval = approval.decided("approved", approver=approver, comment=comment, decided_at=now, expires_at=expires)
+            approval = approval.decided(
+                "approved", approver=approver, comment=comment, decided_at=now, expires_at=expires
+            )
             self._approvals.put(approval)
             payload: dict[str, Any] = {
                 "action_id": approval.action_id,
@@ -658,7 +697,9 @@ class Resolver:
             }
             if comment:
                 payload["comment"] = comment
-            self._emit(session, "action.approved", payload, span_id=self._ids.new_id(), parent=session.root_span_id, at=now)
+            self._emit(
+                session, "action.approved", payload, span_id=self._ids.new_id(), parent=session.root_span_id, at=now
+            )
             return issue_ticket(self._signer, approval)
 
     def deny(
@@ -679,7 +720,9 @@ class Resolver:
             }
             if comment:
                 payload["comment"] = comment
-            self._emit(session, "action.denied", payload, span_id=self._ids.new_id(), parent=session.root_span_id, at=now)
+            self._emit(
+                session, "action.denied", payload, span_id=self._ids.new_id(), parent=session.root_span_id, at=now
+            )
             return approval
 
     def _redeemable(self, token: str, session: Session, action_id: str, args_hash: str, now: datetime) -> Approval:
@@ -752,7 +795,9 @@ class Resolver:
         sent = parse_timestamp(req.timestamp, "/timestamp")
         skew = abs((now - sent).total_seconds())
         if skew > self._skew:
-            raise ResolutionError(f"request timestamp is {int(skew)}s away from the runtime's clock (limit {self._skew}s)")
+            raise ResolutionError(
+                f"request timestamp is {int(skew)}s away from the runtime's clock (limit {self._skew}s)"
+            )
         if not self._sessions.claim_request_id(session.session_id, req.request_id):
             raise ResolutionError(f"request id {req.request_id} was already used in this session")
 
@@ -784,7 +829,9 @@ class _Response:
         self._trace_id = trace_id
         self._clock = clock
 
-    def done(self, status: str, *, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    def done(
+        self, status: str, *, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {**self._base, "timestamp": format_timestamp(self._clock.now()), "status": status}
         if result is not None:
             out["result"] = result

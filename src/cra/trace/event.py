@@ -162,12 +162,31 @@ def build_event(
         sequence, prev_hash = previous.sequence + 1, previous.event_hash
     try:
         digest = compute_event_hash(
-            TRACE_VERSION, event_id, trace_id, span_id, parent_span_id, session_id,
-            sequence, timestamp, event_type, payload, prev_hash,
+            TRACE_VERSION,
+            event_id,
+            trace_id,
+            span_id,
+            parent_span_id,
+            session_id,
+            sequence,
+            timestamp,
+            event_type,
+            payload,
+            prev_hash,
         )
     except (TypeError, ValueError) as exc:
         raise ProtocolError("/payload", f"payload is not JSON: {exc}") from None
     return TraceEvent(
-        TRACE_VERSION, event_id, trace_id, span_id, parent_span_id, session_id,
-        sequence, timestamp, event_type, payload, digest, prev_hash,
+        TRACE_VERSION,
+        event_id,
+        trace_id,
+        span_id,
+        parent_span_id,
+        session_id,
+        sequence,
+        timestamp,
+        event_type,
+        payload,
+        digest,
+        prev_hash,
     )
