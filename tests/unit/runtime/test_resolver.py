@@ -1,0 +1,443 @@
+"""The in-process runtime: what execute checks, how approvals bind, what counters count."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cra import (
+    ApprovalError,
+    ManualClock,
+    NotFoundError,
+    ProtocolError,
+    ResolutionError,
+    Resolver,
+    SeededIds,
+    SessionError,
+    dumps_trace,
+)
+from cra.policy.compiler import compile_atlas
+from cra.protocol.atlas import parse_atlas
+from cra.trace.replay import replay
+
+T0 = datetime(2025, 5, 4, 8, 30, tzinfo=UTC)
+
+
+def atlas(*policies: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "atlas_version": "1.0",
+        "atlas_id": "org.test.runtime",
+        "version": "1.0.0",
+        "name": "Runtime test atlas",
+        "description": "Actions and policies for runtime tests",
+        "actions": [
+            {"action_id": "doc.read", "name": "Read", "description": "Read a document"},
+            {
+                "action_id": "doc.write",
+                "name": "Write",
+                "description": "Write a document",
+                "parameters_schema": {
+                    "type": "object",
+                    "required": ["title"],
+                    "properties": {"title": {"type": "string", "maxLength": 20}},
+                },
+            },
+            {"action_id": "doc.delete", "name": "Delete", "description": "Delete a document"},
+            {"action_id": "pay.send", "name": "Pay", "description": "Send money"},
+        ],
+        "policies": list(policies)
+        or [
+            {"policy_id": "no-delete", "type": "deny", "actions": ["doc.delete"]},
+            {
+                "policy_id": "big-payments",
+                "type": "require_approval",
+                "actions": ["pay.send"],
+                "conditions": {"params": {"amount": {"gt": 100}}},
+                "parameters": {"approver_roles": ["finance"], "ticket_ttl_seconds": 600},
+            },
+            {
+                "policy_id": "write-rate",
+                "type": "rate_limit",
+                "actions": ["doc.write"],
+                "parameters": {"max_calls": 2, "window_seconds": 60},
+            },
+            {
+                "policy_id": "pay-budget",
+                "type": "budget",
+                "actions": ["pay.send"],
+                "parameters": {"param": "amount", "limit": 500, "window_seconds": 3600, "scope": "session"},
+            },
+            {
+                "policy_id": "allow-staff",
+                "type": "allow",
+                "actions": ["doc.*", "pay.*"],
+                "conditions": {"roles": ["staff"]},
+            },
+        ],
+    }
+
+
+class Harness:
+    """A resolver on a manual clock with deterministic ids, and request builders."""
+
+    def __init__(
+        self,
+        manifest: dict[str, Any] | None = None,
+        *,
+        seed: int = 1,
+        executors: tuple[str, ...] = ("doc.read", "doc.write", "doc.delete", "pay.send"),
+    ) -> None:
+        self.clock = ManualClock(T0)
+        self.r = Resolver(clock=self.clock, ids=SeededIds(seed, self.clock))
+        self.r.load_atlas(manifest or atlas())
+        self.calls: list[dict[str, Any]] = []
+        for action in executors:
+            self.r.register_executor(action, self._record(action))
+        self._n = itertools.count()
+
+    def _record(self, action: str) -> Any:
+        def run(params: dict[str, Any]) -> dict[str, Any]:
+            self.calls.append({"action": action, **params})
+            return {"ok": True}
+
+        return run
+
+    def session(self, agent: str = "bot", roles: tuple[str, ...] = ("staff",)) -> str:
+        return self.r.create_session(agent, "Handle documents and payments", roles=roles)
+
+    def request(self, sid: str, operation: str, agent: str = "bot", **extra: Any) -> dict[str, Any]:
+        return {
+            "carp_version": "1.0",
+            "request_id": f"00000000-0000-7000-8000-{next(self._n):012d}",
+            "timestamp": self.clock.now().isoformat().replace("+00:00", "Z"),
+            "operation": operation,
+            "requester": {"agent_id": agent, "session_id": sid},
+            "task": {"goal": "Handle documents and payments"},
+            **extra,
+        }
+
+    def resolve(self, sid: str, agent: str = "bot") -> str:
+        return str(self.r.resolve(self.request(sid, "resolve", agent))["resolution_id"])
+
+    def execute(
+        self, sid: str, rid: str, action: str, params: dict[str, Any], *, ticket: str | None = None, agent: str = "bot"
+    ) -> dict[str, Any]:
+        execution = {"resolution_id": rid, "action_id": action, "parameters": params}
+        return self.r.execute(self.request(sid, "execute", agent, execution=execution), approval_ticket=ticket)
+
+    def types(self, sid: str) -> list[str]:
+        return [e.event_type for e in self.r.get_trace(sid)]
+
+
+def test_allowed_call_runs_its_executor_and_is_traced() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    response = h.execute(sid, rid, "doc.read", {})
+    assert response["status"] == "success"
+    assert response["result"] == {"ok": True}
+    assert h.calls == [{"action": "doc.read"}]
+    assert h.types(sid)[-3:] == ["action.requested", "policy.evaluated", "action.executed"]
+    h.r.verify_chain(sid)
+
+
+def test_action_denied_at_resolve_cannot_be_executed() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    response = h.execute(sid, rid, "doc.delete", {})
+    assert response["status"] == "denied"
+    assert response["error"]["code"] == "action_not_resolved"
+    assert h.calls == []
+
+
+def test_parameters_are_validated_against_the_action_schema() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    response = h.execute(sid, rid, "doc.write", {"title": "x" * 21})
+    assert response["status"] == "error"
+    assert response["error"]["code"] == "invalid_parameters"
+    assert response["error"]["details"]["path"] == "/title"
+    assert h.calls == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        (lambda h, sid, rid: h.execute(sid, "0193a3a0-0000-7000-8000-000000000000", "doc.read", {}), NotFoundError),
+        (lambda h, sid, rid: h.execute(sid, rid, "doc.read", {}, agent="intruder"), SessionError),
+    ],
+)
+def test_execute_refuses_foreign_or_unknown_references(mutate: Any, error: type[Exception]) -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    with pytest.raises(error):
+        mutate(h, sid, rid)
+
+
+def test_unknown_resolution_is_recorded_as_an_error_event() -> None:
+    h = Harness()
+    sid = h.session()
+    h.resolve(sid)
+    with pytest.raises(NotFoundError):
+        h.execute(sid, "0193a3a0-0000-7000-8000-000000000000", "doc.read", {})
+    assert h.types(sid)[-1] == "error.occurred"
+
+
+def test_resolution_of_another_session_is_not_usable() -> None:
+    h = Harness()
+    first, second = h.session(), h.session()
+    rid = h.resolve(first)
+    with pytest.raises(NotFoundError):
+        h.execute(second, rid, "doc.read", {})
+
+
+def test_expired_resolution_is_refused() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    h.clock.advance(3600)
+    with pytest.raises(ResolutionError, match="expired"):
+        h.execute(sid, rid, "doc.read", {})
+
+
+def test_request_ids_are_single_use_within_a_session() -> None:
+    h = Harness()
+    sid = h.session()
+    body = h.request(sid, "resolve")
+    h.r.resolve(body)
+    with pytest.raises(ResolutionError, match="already used"):
+        h.r.resolve(body)
+
+
+def test_timestamps_beyond_five_minutes_of_skew_are_refused() -> None:
+    h = Harness()
+    sid = h.session()
+    body = h.request(sid, "resolve")
+    body["timestamp"] = (T0 - timedelta(seconds=301)).isoformat()
+    with pytest.raises(ResolutionError, match="away from the runtime's clock"):
+        h.r.resolve(body)
+    body["timestamp"] = (T0 - timedelta(seconds=299)).isoformat()
+    h.r.resolve(body)
+
+
+def test_ended_sessions_accept_nothing() -> None:
+    h = Harness()
+    sid = h.session()
+    h.r.end_session(sid)
+    with pytest.raises(SessionError, match="ended"):
+        h.resolve(sid)
+    assert h.types(sid)[-1] == "session.ended"
+
+
+def test_malformed_requests_name_the_json_path() -> None:
+    h = Harness()
+    sid = h.session()
+    body = h.request(sid, "resolve")
+    del body["task"]["goal"]
+    with pytest.raises(ProtocolError) as info:
+        h.r.resolve(body)
+    assert info.value.path == "/task/goal"
+
+
+def test_resolve_does_not_consume_rate_limits() -> None:
+    h = Harness()
+    sid = h.session()
+    for _ in range(5):
+        rid = h.resolve(sid)
+    statuses = [h.execute(sid, rid, "doc.write", {"title": "t"})["status"] for _ in range(3)]
+    assert statuses == ["success", "success", "denied"]
+
+
+def test_rate_limits_count_per_agent_not_globally() -> None:
+    h = Harness()
+    alice, bob = h.session("alice"), h.session("bob")
+    ra, rb = h.resolve(alice, "alice"), h.resolve(bob, "bob")
+    for _ in range(2):
+        assert h.execute(alice, ra, "doc.write", {"title": "a"}, agent="alice")["status"] == "success"
+    denied = h.execute(alice, ra, "doc.write", {"title": "a"}, agent="alice")
+    assert denied["error"]["code"] == "rate_limit_exceeded"
+    assert denied["error"]["details"]["retry_after"] == 60
+    assert h.execute(bob, rb, "doc.write", {"title": "b"}, agent="bob")["status"] == "success"
+
+
+def test_rate_limit_window_slides() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    h.execute(sid, rid, "doc.write", {"title": "1"})
+    h.clock.advance(30)
+    h.execute(sid, rid, "doc.write", {"title": "2"})
+    denied = h.execute(sid, rid, "doc.write", {"title": "3"})
+    assert denied["error"]["details"]["retry_after"] == 30
+    h.clock.advance(31)
+    assert h.execute(sid, rid, "doc.write", {"title": "4"})["status"] == "success"
+
+
+def test_a_denied_call_consumes_nothing() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    for amount in (100, 100, 100, 100, 50):
+        assert h.execute(sid, rid, "pay.send", {"amount": amount})["status"] == "success"
+    over = h.execute(sid, rid, "pay.send", {"amount": 100})
+    assert over["error"]["code"] == "budget_exceeded"
+    assert h.execute(sid, rid, "pay.send", {"amount": 50})["status"] == "success"
+    assert h.execute(sid, rid, "pay.send", {"amount": 1})["error"]["code"] == "budget_exceeded"
+    assert sum(c["amount"] for c in h.calls) == 500
+
+
+def test_missing_executor_is_an_error_and_consumes_nothing() -> None:
+    h = Harness(executors=("doc.read",))
+    sid = h.session()
+    rid = h.resolve(sid)
+    for _ in range(3):
+        assert h.execute(sid, rid, "doc.write", {"title": "t"})["error"]["code"] == "no_executor"
+    h.r.register_executor("doc.write", lambda p: {"ok": True})
+    assert h.execute(sid, rid, "doc.write", {"title": "t"})["status"] == "success"
+    assert h.execute(sid, rid, "doc.write", {"title": "t"})["status"] == "success"
+    assert h.execute(sid, rid, "doc.write", {"title": "t"})["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_executor_failures_are_recorded_not_raised() -> None:
+    h = Harness()
+
+    def broken(params: dict[str, Any]) -> dict[str, Any]:
+        raise OSError("the document store is down")
+
+    h.r.register_executor("doc.read", broken)
+    h.r.register_executor("doc.write", lambda p: {"when": datetime.now(UTC)})
+    sid = h.session()
+    rid = h.resolve(sid)
+    first = h.execute(sid, rid, "doc.read", {})
+    assert first["status"] == "error"
+    assert "document store is down" in first["error"]["message"]
+    second = h.execute(sid, rid, "doc.write", {"title": "t"})
+    assert second["error"]["code"] == "invalid_result"
+    assert h.types(sid).count("action.failed") == 2
+    h.r.verify_chain(sid)
+
+
+def _pending(h: Harness, sid: str, rid: str, amount: int = 250) -> str:
+    response = h.execute(sid, rid, "pay.send", {"amount": amount})
+    assert response["status"] == "pending_approval", response
+    return str(response["result"]["approval_id"])
+
+
+def test_approval_ticket_is_single_use_and_bound_to_the_arguments() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    approval_id = _pending(h, sid, rid)
+    ticket = h.r.approve(approval_id, approver="fatima", approver_roles=["finance"], comment="invoice 77")
+    changed = h.execute(sid, rid, "pay.send", {"amount": 251}, ticket=ticket.token)
+    assert changed["error"]["code"] == "invalid_approval"
+    assert "arguments" in changed["error"]["message"]
+    assert h.execute(sid, rid, "pay.send", {"amount": 250}, ticket=ticket.token)["status"] == "success"
+    again = h.execute(sid, rid, "pay.send", {"amount": 250}, ticket=ticket.token)
+    assert again["error"]["code"] == "invalid_approval"
+    assert "already used" in again["error"]["message"]
+    assert [c["amount"] for c in h.calls] == [250]
+
+
+def test_approval_ticket_does_not_travel_to_another_session() -> None:
+    h = Harness()
+    first, second = h.session(), h.session()
+    r1, r2 = h.resolve(first), h.resolve(second)
+    ticket = h.r.approve(_pending(h, first, r1), approver="fatima", approver_roles=["finance"])
+    other = h.execute(second, r2, "pay.send", {"amount": 250}, ticket=ticket.token)
+    assert other["error"]["code"] == "invalid_approval"
+    assert h.calls == []
+
+
+def test_approval_ticket_expires() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    ticket = h.r.approve(_pending(h, sid, rid), approver="fatima", approver_roles=["finance"])
+    h.clock.advance(601)
+    late = h.execute(sid, rid, "pay.send", {"amount": 250}, ticket=ticket.token)
+    assert "expired" in late["error"]["message"]
+
+
+def test_tampered_ticket_is_refused() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    ticket = h.r.approve(_pending(h, sid, rid), approver="fatima", approver_roles=["finance"])
+    body, signature = ticket.token.split(".")
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+    for token in (f"{body}.{flipped}", f"{body[:-2]}xx.{signature}", "not-a-ticket", ""):
+        response = h.execute(sid, rid, "pay.send", {"amount": 250}, ticket=token)
+        assert response["error"]["code"] == "invalid_approval"
+    assert h.calls == []
+
+
+def test_approvers_need_the_required_role_and_cannot_be_the_agent() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    approval_id = _pending(h, sid, rid)
+    with pytest.raises(ApprovalError, match="own approval"):
+        h.r.approve(approval_id, approver="bot", approver_roles=["finance"])
+    with pytest.raises(ApprovalError, match="needs one of the roles"):
+        h.r.approve(approval_id, approver="omar", approver_roles=["staff"])
+    assert h.r.get_approval(approval_id).status == "pending"
+
+
+def test_denied_approval_cannot_be_approved_later() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    approval_id = _pending(h, sid, rid)
+    h.r.deny(approval_id, approver="fatima", approver_roles=["finance"], comment="no invoice")
+    with pytest.raises(ApprovalError, match="already denied"):
+        h.r.approve(approval_id, approver="fatima", approver_roles=["finance"])
+    assert h.types(sid)[-1] == "action.denied"
+
+
+def test_repeated_request_reuses_the_pending_approval() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    assert _pending(h, sid, rid) == _pending(h, sid, rid)
+    assert _pending(h, sid, rid, 300) != _pending(h, sid, rid)
+    assert len(h.r.approvals(session_id=sid, status="pending")) == 2
+
+
+def test_same_inputs_give_byte_identical_resolutions_and_traces() -> None:
+    outputs = []
+    for _ in range(2):
+        h = Harness(seed=42)
+        sid = h.session()
+        resolution = h.r.resolve(h.request(sid, "resolve"))
+        h.execute(sid, resolution["resolution_id"], "doc.write", {"title": "t"})
+        outputs.append((resolution, dumps_trace(h.r.get_trace(sid))))
+    assert outputs[0] == outputs[1]
+
+
+def test_replay_reproduces_a_recorded_session_and_catches_a_changed_atlas() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    for _ in range(3):
+        h.execute(sid, rid, "doc.write", {"title": "t"})
+    ticket = h.r.approve(_pending(h, sid, rid), approver="fatima", approver_roles=["finance"])
+    h.execute(sid, rid, "pay.send", {"amount": 250}, ticket=ticket.token)
+    events = h.r.get_trace(sid)
+
+    same = replay(events, [h.r.compiled("org.test.runtime")])
+    assert same.identical, same.to_dict()
+    assert len(same.items) == 4 + 5  # four actions at resolve, five calls
+
+    changed = atlas(
+        {"policy_id": "allow-staff", "type": "allow", "actions": ["doc.*", "pay.*"], "conditions": {"roles": ["staff"]}}
+    )
+    different = replay(events, [compile_atlas(parse_atlas(changed))])
+    assert not different.identical
+    assert {i.action_id for i in different.items if i.status == "different"} >= {"doc.delete", "doc.write"}
