@@ -431,7 +431,7 @@ def compile_atlas(atlas: Atlas) -> CompiledPolicy:
         if action.rate_limit is not None:
             rules.append(
                 Rule(
-                    policy_id=f"action:{action.action_id}:rate_limit",
+                    policy_id=f"cra:rate_limit:{action.action_id}",
                     type="rate_limit",
                     priority=0,
                     index=len(atlas.policies) + action.index,

@@ -25,6 +25,7 @@ from cra.protocol._canonical import StrictJSONError, canonical_json, loads_stric
 from cra.protocol.validation import validate
 
 __all__ = [
+    "RESERVED_PREFIX",
     "RISK_TIERS",
     "ActionSpec",
     "Atlas",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 RISK_TIERS: tuple[str, ...] = ("low", "medium", "high", "critical")
+#: Policy ids CRA records for itself (default deny, built-in checks) start with this.
+RESERVED_PREFIX = "cra:"
 _MANIFEST = "atlas.json"
 
 
@@ -188,6 +191,10 @@ def parse_atlas(
     _unique(actions_raw, "action_id", "actions", source)
     _unique(caps_raw, "capability_id", "capabilities", source)
     _unique(packs_raw, "pack_id", "context_packs", source)
+    for i, p in enumerate(policies_raw):
+        if p["policy_id"].startswith(RESERVED_PREFIX):
+            reason = f"the {RESERVED_PREFIX!r} prefix is reserved for CRA's own ids"
+            raise AtlasError(f"/policies/{i}/policy_id", reason, source=source)
 
     action_ids = {a["action_id"] for a in actions_raw}
     pack_ids = {p["pack_id"] for p in packs_raw}
