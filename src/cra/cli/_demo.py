@@ -127,8 +127,8 @@ def run_demo(out: Path, atlas_path: Path | None) -> int:
     timeline.note(f"allowed: {', '.join(allowed)}")
     timeline.note(f"denied:  {', '.join(denied)}")
     for block in resolution["context_blocks"]:
-        redacted = block["metadata"].get("redactions")
-        note = f", redacted {redacted}" if redacted else ""
+        redacted = block["metadata"].get("redactions") or {}
+        note = ", redacted " + ", ".join(f"{n} {kind}" for kind, n in redacted.items()) if redacted else ""
         timeline.note(f"context: {block['block_id']} (~{block['token_estimate']} tokens{note})")
     for constraint in resolution["constraints"]:
         timeline.note(f"constraint: {constraint['constraint_id']} ({constraint['type']})")

@@ -127,6 +127,14 @@ class ContextCatalog:
     packs: tuple[_Pack, ...]
     redactor: Redactor
     capability_packs: Mapping[str, frozenset[str]]
+    _redacted: dict[str, tuple[str, dict[str, int]]] = field(default_factory=dict, repr=False, compare=False)
+
+    def redacted(self, path: str) -> tuple[str, dict[str, int]]:
+        """A context file after redaction, and the counts per kind (computed once per file)."""
+        hit = self._redacted.get(path)
+        if hit is None:
+            hit = self._redacted[path] = self.redactor.redact(self.atlas.files[path])
+        return hit
 
     def select(
         self,
@@ -168,7 +176,7 @@ class ContextCatalog:
             remaining = pack.spec.max_tokens
             for path in pack.spec.files:
                 block_id = f"{pack.spec.pack_id}:{path}"
-                content, counts = self.redactor.redact(self.atlas.files[path])
+                content, counts = self.redacted(path)
                 meta: dict[str, Any] = {"pack_id": pack.spec.pack_id, "file": path}
                 if remaining is not None:
                     full = estimate_tokens(content)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cra.errors import PolicyError, ProtocolError
+from cra.errors import PolicyError, ProtocolError, json_pointer
 from cra.policy._glob import compile_glob
 from cra.policy.conditions import (
     DEFERRED,
@@ -102,11 +102,13 @@ def _order(rules: list[Rule]) -> tuple[Rule, ...]:
 class CompiledPolicy:
     """An atlas's policies, compiled once and evaluated many times."""
 
-    __slots__ = ("_index", "_tiers", "atlas", "rules")
+    __slots__ = ("_index", "_tiers", "atlas", "rules", "uses_time")
 
     def __init__(self, atlas: Atlas, rules: tuple[Rule, ...]) -> None:
         self.atlas = atlas
         self.rules = rules
+        #: Whether any decision depends on the clock (a ``time_window`` condition).
+        self.uses_time = any(c.key == "time_window" for r in rules for c in r.conditions)
         self._tiers = {a.action_id: a.risk_tier for a in atlas.actions}
         self._index: dict[str, _ActionRules] = {}
         for a in atlas.actions:
@@ -353,7 +355,7 @@ def _compile_rule(atlas: Atlas, index: int, capabilities: Mapping[str, frozenset
     unknown = sorted(set(spec.parameters) - _ALLOWED_PARAMETERS[spec.type])
     if unknown:
         raise PolicyError(
-            f"{at}/parameters/{unknown[0]}",
+            f"{at}/parameters" + json_pointer([unknown[0]]),
             f"is not a parameter of {spec.type} policies (known: {', '.join(sorted(_ALLOWED_PARAMETERS[spec.type]))})",
             source=source,
         )

@@ -22,7 +22,7 @@ from datetime import time
 from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from cra.errors import PolicyError
+from cra.errors import PolicyError, json_pointer
 from cra.policy._glob import compile_glob
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def lookup(data: Mapping[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         if isinstance(value, Mapping):
             value = value.get(part, _MISSING)
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+        elif isinstance(value, list) and part.isascii() and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
         else:
             return _MISSING
@@ -198,7 +198,7 @@ def _attribute_test(where: str, key: str, ops: Mapping[str, Any], pointer: str, 
         )
     if not key or any(not part for part in key.split(".")):
         raise PolicyError(pointer, f"{key!r} is not a valid dotted key", source=source)
-    fns = tuple(_operator(op, arg, f"{pointer}/{op}", source) for op, arg in ops.items())
+    fns = tuple(_operator(op, arg, pointer + json_pointer([op]), source) for op, arg in ops.items())
     text = f"{where}.{key} " + " and ".join(f"{op} {arg!r}" for op, arg in ops.items())
 
     if where == "params":
@@ -324,7 +324,7 @@ def compile_conditions(
     """
     out: list[Condition] = []
     for key, value in conditions.items():
-        at = f"{pointer}/{key}"
+        at = pointer + json_pointer([key])
         if key == "risk_tiers":
             out.append(_risk_tiers(frozenset(_string_list(value, at, source))))
         elif key == "agents":
@@ -342,14 +342,14 @@ def compile_conditions(
             if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
                 raise PolicyError(at, "must be an object of strings", source=source)
             for ck, cv in value.items():
-                out.append(_attribute_test("context", ck, {"eq": cv}, f"{at}/{ck}", source))
+                out.append(_attribute_test("context", ck, {"eq": cv}, at + json_pointer([ck]), source))
         elif key == "time_window":
             out.append(_time_window(value, at, source))
         elif key in ("params", "context"):
             if not isinstance(value, Mapping):
                 raise PolicyError(at, "must be an object of dotted keys to operators", source=source)
             for ak, ops in value.items():
-                out.append(_attribute_test(key, ak, ops, f"{at}/{ak}", source))
+                out.append(_attribute_test(key, ak, ops, at + json_pointer([ak]), source))
         else:
             raise PolicyError(
                 at, f"unknown condition key {key!r}; known: {', '.join(sorted(CONDITION_KEYS))}", source=source

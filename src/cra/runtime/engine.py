@@ -51,7 +51,7 @@ class Engine:
     agent's.
     """
 
-    __slots__ = ("_clock", "_compiled", "_counters", "_uses_time", "tenant_id")
+    __slots__ = ("_clock", "_compiled", "_counters", "tenant_id")
 
     def __init__(
         self,
@@ -64,7 +64,6 @@ class Engine:
         self._compiled = compile_atlas(atlas)
         self._counters: CounterStore = counters if counters is not None else MemoryCounters()
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._uses_time = any(c.key == "time_window" for r in self._compiled.rules for c in r.conditions)
         self.tenant_id = tenant_id
 
     @classmethod
@@ -114,7 +113,7 @@ class Engine:
         says the host has verified an approval for exactly this call.
         """
         compiled = self._compiled
-        if now is None and self._uses_time:
+        if now is None and compiled.uses_time:
             now = self._clock.now()
         req = EvalRequest(
             action,

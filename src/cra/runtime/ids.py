@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
-import secrets
 import threading
 import time
-import uuid
 from typing import Final
 
 from cra.runtime.ports import Clock
@@ -18,16 +17,35 @@ _MASK62: Final = (1 << 62) - 1
 
 
 def uuid7(unix_ms: int, rand: int) -> str:
-    """A UUIDv7 from a Unix time in milliseconds and 74 random bits."""
+    """A UUIDv7 from a Unix time in milliseconds and 74 random bits, in canonical form."""
     value = (unix_ms & _MASK48) << 80 | 0x7 << 76 | ((rand >> 62) & 0xFFF) << 64 | 0b10 << 62 | (rand & _MASK62)
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class SystemIds:
-    """UUIDv7s from the system clock and the OS's CSPRNG."""
+    """UUIDv7s from the system clock and the OS's CSPRNG.
+
+    Random bytes are drawn from ``os.urandom`` in blocks (one system call per 256
+    ids); a forked child discards its parent's block so ids never repeat across
+    processes.
+    """
+
+    _BLOCK: Final = 10 * 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._pos = 0
+        self._pid = -1
 
     def new_id(self) -> str:
-        return uuid7(time.time_ns() // 1_000_000, secrets.randbits(74))
+        with self._lock:
+            if self._pos >= len(self._pool) or self._pid != os.getpid():
+                self._pool, self._pos, self._pid = os.urandom(self._BLOCK), 0, os.getpid()
+            chunk = self._pool[self._pos : self._pos + 10]
+            self._pos += 10
+        return uuid7(time.time_ns() // 1_000_000, int.from_bytes(chunk, "big") >> 6)
 
 
 class SeededIds:

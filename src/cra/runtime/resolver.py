@@ -73,6 +73,45 @@ PARAMETERS_GUARD_ID: Final = "cra:parameters_schema"
 
 
 @dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything a resolve decides that does not depend on ids, time or the goal.
+
+    It is a pure function of the atlases, the agent, its roles, the risk tier, the
+    request context and the required capabilities (and of the clock, when an atlas
+    has time windows; such plans are not cached).
+    """
+
+    policy_events: tuple[tuple[dict[str, Any], str], ...]  # payload and its canonical JSON
+    allowed: tuple[dict[str, Any], ...]
+    denied: tuple[dict[str, Any], ...]
+    constraints: tuple[dict[str, Any], ...]
+    decision_type: str
+    reason: str
+    actions: Mapping[str, str]  # allowed action id -> atlas id
+
+    @classmethod
+    def of(cls, verdicts: Sequence[ActionVerdict]) -> _Plan:
+        events = []
+        for v in verdicts:
+            payload = policy_event_payload(v.decision)
+            events.append((payload, canonical_json(payload)))
+        granted = [v for v in verdicts if v.decision.effect is not Effect.DENY]
+        decision_type, reason = summarize(verdicts)
+        return cls(
+            policy_events=tuple(events),
+            allowed=tuple(_allowed(v) for v in granted),
+            denied=tuple(_denied(v.decision) for v in verdicts if v.decision.effect is Effect.DENY),
+            constraints=tuple(constraints_for(verdicts)),
+            decision_type=decision_type,
+            reason=reason,
+            actions={v.action.action_id: v.compiled.atlas.atlas_id for v in granted},
+        )
+
+
+_PLAN_CACHE_LIMIT: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
 class _Loaded:
     atlas: Atlas
     compiled: CompiledPolicy
@@ -133,6 +172,7 @@ class Resolver:
         self._ttl = resolution_ttl_seconds
         self._skew = max_clock_skew_seconds
         self._loaded: dict[str, _Loaded] = {}
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._executors: dict[str, Executor] = {}
         self._lock = threading.RLock()
 
@@ -154,12 +194,14 @@ class Resolver:
                             source=atlas.source,
                         )
             self._loaded[atlas.atlas_id] = loaded
+            self._plans.clear()
         return atlas
 
     def unload_atlas(self, atlas_id: str) -> None:
         with self._lock:
             if self._loaded.pop(atlas_id, None) is None:
                 raise NotFoundError("atlas", atlas_id)
+            self._plans.clear()
 
     @property
     def atlases(self) -> tuple[Atlas, ...]:
@@ -284,9 +326,18 @@ class Resolver:
             self._admit(session, req, now)
             loaded = self._select_atlases(req.atlas_ids or session.atlas_ids)
             span = self._ids.new_id()
+            stamp = format_timestamp(now)
 
-            def emit(event_type: str, payload: dict[str, Any]) -> None:
-                self._emit(session, event_type, payload, span_id=span, parent=session.root_span_id)
+            def emit(event_type: str, payload: dict[str, Any], payload_json: str | None = None) -> None:
+                self._emit(
+                    session,
+                    event_type,
+                    payload,
+                    span_id=span,
+                    parent=session.root_span_id,
+                    stamp=stamp,
+                    payload_json=payload_json,
+                )
 
             received: dict[str, Any] = {
                 "request_id": req.request_id,
@@ -305,35 +356,29 @@ class Resolver:
                 received["context"] = dict(req.context)
             emit("carp.request.received", received)
 
-            verdicts = evaluate_actions(
-                [x.compiled for x in loaded],
-                agent=session.agent_id,
-                roles=session.roles,
-                risk_tier=req.risk_tier,
-                context=req.context,
-                now=now,
-                session_id=session.session_id,
-                tenant_id=session.tenant_id,
-                capabilities=req.required_capabilities,
-            )
-            for verdict in verdicts:
-                emit("policy.evaluated", policy_event_payload(verdict.decision))
-
+            plan = self._plan(loaded, session, req, now)
+            for payload, payload_json in plan.policy_events:
+                emit("policy.evaluated", payload, payload_json)
             blocks = self._context(loaded, session, req, now, emit)
-            decision_type, reason = summarize(verdicts)
             resolution_id = self._ids.new_id()
-            granted = [v for v in verdicts if v.decision.effect is not Effect.DENY]
-            denied = [v for v in verdicts if v.decision.effect is Effect.DENY]
             document: dict[str, Any] = {
                 "carp_version": CARP_VERSION,
                 "resolution_id": resolution_id,
                 "request_id": req.request_id,
-                "timestamp": format_timestamp(now),
-                "decision": {"type": decision_type, "reason": reason, "approval_id": None, "expires_at": None},
+                "timestamp": stamp,
+                "decision": {
+                    "type": plan.decision_type,
+                    "reason": plan.reason,
+                    "approval_id": None,
+                    "expires_at": None,
+                },
                 "context_blocks": [b.to_dict() for b in blocks],
-                "allowed_actions": [_allowed(v) for v in granted],
-                "denied_actions": [_denied(v.decision) for v in denied],
-                "constraints": constraints_for(verdicts),
+                "allowed_actions": [dict(a) for a in plan.allowed],
+                "denied_actions": [dict(d) for d in plan.denied],
+                "constraints": [
+                    {**c, "parameters": {**c["parameters"], "actions": list(c["parameters"]["actions"])}}
+                    for c in plan.constraints
+                ],
                 "ttl_seconds": self._ttl,
                 "trace_id": session.trace_id,
             }
@@ -342,9 +387,9 @@ class Resolver:
                 {
                     "resolution_id": resolution_id,
                     "request_id": req.request_id,
-                    "decision_type": decision_type,
-                    "allowed_count": len(granted),
-                    "denied_count": len(denied),
+                    "decision_type": plan.decision_type,
+                    "allowed_count": len(plan.allowed),
+                    "denied_count": len(plan.denied),
                     "context_block_count": len(blocks),
                     "ttl_seconds": self._ttl,
                 },
@@ -355,13 +400,52 @@ class Resolver:
                     session_id=session.session_id,
                     request_id=req.request_id,
                     expires_at=now + timedelta(seconds=self._ttl),
-                    actions={v.action.action_id: v.compiled.atlas.atlas_id for v in granted},
+                    actions=plan.actions,
                     risk_tier=req.risk_tier,
                     context=dict(req.context),
                     document=document,
                 )
             )
             return document
+
+    def _plan(self, loaded: Sequence[_Loaded], session: Session, req: CarpRequest, now: datetime) -> _Plan:
+        """The resolve decisions for this request, memoised while the clock cannot matter."""
+        cacheable = not any(x.compiled.uses_time for x in loaded)
+        key: tuple[Any, ...] = ()
+        if cacheable:
+            try:
+                context_key = canonical_json(req.context)
+            except (TypeError, ValueError):
+                context_key = None
+            cacheable = context_key is not None
+            key = (
+                tuple(x.atlas.digest for x in loaded),
+                session.agent_id,
+                session.roles,
+                req.risk_tier,
+                context_key,
+                req.required_capabilities,
+            )
+            plan = self._plans.get(key)
+            if plan is not None:
+                return plan
+        verdicts = evaluate_actions(
+            [x.compiled for x in loaded],
+            agent=session.agent_id,
+            roles=session.roles,
+            risk_tier=req.risk_tier,
+            context=req.context,
+            now=now,
+            session_id=session.session_id,
+            tenant_id=session.tenant_id,
+            capabilities=req.required_capabilities,
+        )
+        plan = _Plan.of(verdicts)
+        if cacheable:
+            if len(self._plans) >= _PLAN_CACHE_LIMIT:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
 
     def _context(
         self,
@@ -760,7 +844,17 @@ class Resolver:
         span_id: str,
         parent: str | None,
         at: datetime | None = None,
+        stamp: str | None = None,
+        payload_json: str | None = None,
     ) -> TraceEvent:
+        """Append one event to the session's chain and hand it to the sinks.
+
+        ``stamp`` is the operation's formatted timestamp: the events of one
+        operation share it. ``payload_json`` is the payload's canonical JSON when
+        the caller has it already.
+        """
+        if stamp is None:
+            stamp = format_timestamp(at or self._clock.now())
         with self._lock:
             event = build_event(
                 self._events.last(session.session_id),
@@ -769,9 +863,10 @@ class Resolver:
                 span_id=span_id,
                 parent_span_id=parent,
                 session_id=session.session_id,
-                timestamp=format_timestamp(at or self._clock.now()),
+                timestamp=stamp,
                 event_type=event_type,
                 payload=payload,
+                payload_json=payload_json,
             )
             self._events.append(event)
             for sink in self._sinks:

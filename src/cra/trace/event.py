@@ -119,8 +119,13 @@ def compute_event_hash(
     event_type: str,
     payload: Mapping[str, Any],
     previous_event_hash: str,
+    *,
+    payload_json: str | None = None,
 ) -> str:
-    """The TRACE/1.0 ``event_hash`` of the given fields."""
+    """The TRACE/1.0 ``event_hash`` of the given fields.
+
+    ``payload_json`` may carry ``canonical_json(payload)`` when the caller already has it.
+    """
     material = "".join(
         (
             trace_version,
@@ -132,7 +137,7 @@ def compute_event_hash(
             str(sequence),
             timestamp,
             event_type,
-            canonical_json(payload),
+            canonical_json(payload) if payload_json is None else payload_json,
             previous_event_hash,
         )
     )
@@ -150,8 +155,13 @@ def build_event(
     timestamp: str,
     event_type: str,
     payload: Mapping[str, Any],
+    payload_json: str | None = None,
 ) -> TraceEvent:
-    """The next event of a chain: sequence and previous hash follow ``previous``."""
+    """The next event of a chain: sequence and previous hash follow ``previous``.
+
+    ``payload_json``, when given, must be ``canonical_json(payload)``; it saves
+    re-encoding a payload the caller has already encoded.
+    """
     if event_type not in EVENT_TYPES:
         raise ProtocolError("/event_type", f"{event_type!r} is not a TRACE/1.0 event type")
     if previous is None:
@@ -173,6 +183,7 @@ def build_event(
             event_type,
             payload,
             prev_hash,
+            payload_json=payload_json,
         )
     except (TypeError, ValueError) as exc:
         raise ProtocolError("/payload", f"payload is not JSON: {exc}") from None
