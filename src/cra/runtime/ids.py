@@ -24,28 +24,52 @@ def uuid7(unix_ms: int, rand: int) -> str:
 
 
 class SystemIds:
-    """UUIDv7s from the system clock and the OS's CSPRNG.
+    """UUIDv7s from the system clock and the OS's CSPRNG, monotonic within a process.
 
-    Random bytes are drawn from ``os.urandom`` in blocks (one system call per 256
-    ids); a forked child discards its parent's block so ids never repeat across
-    processes.
+    Within one millisecond, each id adds a random increment to the previous id's
+    random bits (RFC 9562 §6.2, method 2), so ids sort in creation order and stay
+    unguessable. Random bytes come from ``os.urandom`` in blocks; a forked child
+    drops its parent's block so ids never repeat across processes.
     """
 
-    _BLOCK: Final = 10 * 256
+    _BLOCK: Final = 4096
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._pool = b""
         self._pos = 0
-        self._pid = -1
+        self._ms = -1
+        self._rand = 0
+        self._prefix = ""
+
+    def _bytes(self, n: int) -> int:
+        if self._pos + n > len(self._pool):
+            self._pool, self._pos = os.urandom(self._BLOCK), 0
+        chunk = self._pool[self._pos : self._pos + n]
+        self._pos += n
+        return int.from_bytes(chunk, "big")
+
+    def _start(self, ms: int) -> None:
+        self._ms, self._rand = ms, self._bytes(10) >> 6
+        h = f"{ms & _MASK48:012x}"
+        self._prefix = f"{h[:8]}-{h[8:]}-7"
 
     def new_id(self) -> str:
+        ms = time.time_ns() // 1_000_000
         with self._lock:
-            if self._pos >= len(self._pool) or self._pid != os.getpid():
-                self._pool, self._pos, self._pid = os.urandom(self._BLOCK), 0, os.getpid()
-            chunk = self._pool[self._pos : self._pos + 10]
-            self._pos += 10
-        return uuid7(time.time_ns() // 1_000_000, int.from_bytes(chunk, "big") >> 6)
+            if ms > self._ms:
+                self._start(ms)
+            else:  # the same millisecond (or the clock stepped back): continue the sequence
+                self._rand += 1 + self._bytes(2)
+                if self._rand >> 74:  # the random bits ran out: borrow the next millisecond
+                    self._start(self._ms + 1)
+            rand, prefix = self._rand, self._prefix
+        low = 0x8000_0000_0000_0000 | (rand & _MASK62)
+        return f"{prefix}{rand >> 62:03x}-{low >> 48:04x}-{low & 0xFFFF_FFFF_FFFF:012x}"
 
 
 class SeededIds:

@@ -275,7 +275,7 @@ class Resolver:
                 extra["tenant_id"] = session.tenant_id
             if extra:
                 payload["metadata"] = extra
-            self._emit(session, "session.started", payload, span_id=session.root_span_id, parent=None, at=now)
+            self._span(session, now, root=True).emit("session.started", payload)
             return session.session_id
 
     def get_session(self, session_id: str) -> Session:
@@ -295,13 +295,8 @@ class Resolver:
             now = self._clock.now()
             executed = sum(e.event_type == "action.executed" for e in self._events.events(session_id))
             duration = max(0, int((now - session.created_at) / timedelta(milliseconds=1)))
-            self._emit(
-                session,
-                "session.ended",
-                {"reason": reason, "duration_ms": duration, "action_count": executed},
-                span_id=self._ids.new_id(),
-                parent=session.root_span_id,
-                at=now,
+            self._span(session, now).emit(
+                "session.ended", {"reason": reason, "duration_ms": duration, "action_count": executed}
             )
             self._sessions.put(replace(session, status="ended", ended_at=now))
 
@@ -325,19 +320,8 @@ class Resolver:
             now = self._clock.now()
             self._admit(session, req, now)
             loaded = self._select_atlases(req.atlas_ids or session.atlas_ids)
-            span = self._ids.new_id()
-            stamp = format_timestamp(now)
-
-            def emit(event_type: str, payload: dict[str, Any], payload_json: str | None = None) -> None:
-                self._emit(
-                    session,
-                    event_type,
-                    payload,
-                    span_id=span,
-                    parent=session.root_span_id,
-                    stamp=stamp,
-                    payload_json=payload_json,
-                )
+            span = self._span(session, now)
+            emit = span.emit
 
             received: dict[str, Any] = {
                 "request_id": req.request_id,
@@ -359,13 +343,13 @@ class Resolver:
             plan = self._plan(loaded, session, req, now)
             for payload, payload_json in plan.policy_events:
                 emit("policy.evaluated", payload, payload_json)
-            blocks = self._context(loaded, session, req, now, emit)
+            blocks = self._context(loaded, session, req, now, span)
             resolution_id = self._ids.new_id()
             document: dict[str, Any] = {
                 "carp_version": CARP_VERSION,
                 "resolution_id": resolution_id,
                 "request_id": req.request_id,
-                "timestamp": stamp,
+                "timestamp": span.stamp,
                 "decision": {
                     "type": plan.decision_type,
                     "reason": plan.reason,
@@ -453,7 +437,7 @@ class Resolver:
         session: Session,
         req: CarpRequest,
         now: datetime,
-        emit: Callable[[str, dict[str, Any]], None],
+        span: _Span,
     ) -> list[ContextBlock]:
         probe = EvalRequest(
             action="",
@@ -472,7 +456,7 @@ class Resolver:
                 probe, goal=req.goal, hints=req.context_hints, capabilities=req.required_capabilities
             )
             for red in selection.redactions:
-                emit(
+                span.emit(
                     "context.redacted",
                     {
                         "block_id": red.block_id,
@@ -484,7 +468,7 @@ class Resolver:
             blocks.extend(selection.blocks)
         blocks.sort(key=lambda b: -b.priority)
         for block in blocks:
-            emit(
+            span.emit(
                 "context.injected",
                 {
                     "block_id": block.block_id,
@@ -515,10 +499,8 @@ class Resolver:
         with self._lock:
             session = self._session_for(req)
             now = self._clock.now()
-            span = self._ids.new_id()
-
-            def emit(event_type: str, payload: dict[str, Any]) -> None:
-                self._emit(session, event_type, payload, span_id=span, parent=session.root_span_id)
+            span = self._span(session, now)
+            emit = span.emit
 
             try:
                 self._admit(session, req, now)
@@ -652,7 +634,7 @@ class Resolver:
                 return response.done("error", error={"code": "no_executor", "message": message})
             if approval is not None:
                 self._approvals.put(approval.decided("used"))
-            return self._run(executor, params, ex.action_id, execution_id, ex.resolution_id, response, emit)
+            return self._run(executor, params, ex.action_id, execution_id, ex.resolution_id, response, span)
 
     def _run(
         self,
@@ -662,7 +644,7 @@ class Resolver:
         execution_id: str,
         resolution_id: str,
         response: _Response,
-        emit: Callable[[str, dict[str, Any]], None],
+        span: _Span,
     ) -> dict[str, Any]:
         started = self._clock.now()
         failure: tuple[str, str] | None = None
@@ -681,7 +663,7 @@ class Resolver:
         duration = max(0, int((self._clock.now() - started) / timedelta(milliseconds=1)))
         if failure is not None:
             code, message = failure
-            emit(
+            span.emit(
                 "action.failed",
                 {
                     "action_id": action_id,
@@ -692,7 +674,7 @@ class Resolver:
                 },
             )
             return response.done("error", error={"code": code, "message": message})
-        emit(
+        span.emit(
             "action.executed",
             {
                 "action_id": action_id,
@@ -781,9 +763,7 @@ class Resolver:
             }
             if comment:
                 payload["comment"] = comment
-            self._emit(
-                session, "action.approved", payload, span_id=self._ids.new_id(), parent=session.root_span_id, at=now
-            )
+            self._span(session, now).emit("action.approved", payload)
             return issue_ticket(self._signer, approval)
 
     def deny(
@@ -804,9 +784,7 @@ class Resolver:
             }
             if comment:
                 payload["comment"] = comment
-            self._emit(
-                session, "action.denied", payload, span_id=self._ids.new_id(), parent=session.root_span_id, at=now
-            )
+            self._span(session, now).emit("action.denied", payload)
             return approval
 
     def _redeemable(self, token: str, session: Session, action_id: str, args_hash: str, now: datetime) -> Approval:
@@ -835,43 +813,10 @@ class Resolver:
 
     # -- internals ------------------------------------------------------------
 
-    def _emit(
-        self,
-        session: Session,
-        event_type: str,
-        payload: Mapping[str, Any],
-        *,
-        span_id: str,
-        parent: str | None,
-        at: datetime | None = None,
-        stamp: str | None = None,
-        payload_json: str | None = None,
-    ) -> TraceEvent:
-        """Append one event to the session's chain and hand it to the sinks.
-
-        ``stamp`` is the operation's formatted timestamp: the events of one
-        operation share it. ``payload_json`` is the payload's canonical JSON when
-        the caller has it already.
-        """
-        if stamp is None:
-            stamp = format_timestamp(at or self._clock.now())
-        with self._lock:
-            event = build_event(
-                self._events.last(session.session_id),
-                event_id=self._ids.new_id(),
-                trace_id=session.trace_id,
-                span_id=span_id,
-                parent_span_id=parent,
-                session_id=session.session_id,
-                timestamp=stamp,
-                event_type=event_type,
-                payload=payload,
-                payload_json=payload_json,
-            )
-            self._events.append(event)
-            for sink in self._sinks:
-                sink.emit(event)
-            return event
+    def _span(self, session: Session, at: datetime, *, root: bool = False) -> _Span:
+        """A recorder for one operation's events (call with the lock held)."""
+        span_id = session.root_span_id if root else self._ids.new_id()
+        return _Span(self, session, span_id, None if root else session.root_span_id, format_timestamp(at))
 
     def _active(self, session_id: str) -> Session:
         session = self.get_session(session_id)
@@ -908,6 +853,48 @@ class Resolver:
                 raise NotFoundError("atlas", aid)
             out.append(loaded)
         return out
+
+
+class _Span:
+    """Records the events of one operation: one span, one timestamp, consecutive in the chain.
+
+    The resolver's lock is held for the whole operation, so the chain cannot
+    move underneath it.
+    """
+
+    __slots__ = ("_parent", "_previous", "_resolver", "_session", "_span_id", "stamp")
+
+    def __init__(self, resolver: Resolver, session: Session, span_id: str, parent: str | None, stamp: str) -> None:
+        self._resolver = resolver
+        self._session = session
+        self._span_id = span_id
+        self._parent = parent
+        self.stamp = stamp
+        self._previous = resolver._events.last(session.session_id)
+
+    def emit(self, event_type: str, payload: Mapping[str, Any], payload_json: str | None = None) -> TraceEvent:
+        """Append an event to the chain and hand it to the sinks.
+
+        ``payload_json`` is the payload's canonical JSON when the caller has it.
+        """
+        r = self._resolver
+        event = build_event(
+            self._previous,
+            event_id=r._ids.new_id(),
+            trace_id=self._session.trace_id,
+            span_id=self._span_id,
+            parent_span_id=self._parent,
+            session_id=self._session.session_id,
+            timestamp=self.stamp,
+            event_type=event_type,
+            payload=payload,
+            payload_json=payload_json,
+        )
+        r._events.append(event)
+        for sink in r._sinks:
+            sink.emit(event)
+        self._previous = event
+        return event
 
 
 class _Response:
