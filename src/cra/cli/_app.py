@@ -87,8 +87,7 @@ def _trace(path: Path, *, as_json: bool) -> list[TraceEvent]:
 def atlas_validate(path: AtlasArg, as_json: JsonFlag = False) -> None:
     """Check that an atlas loads and compiles: schema, references, files, policies."""
     try:
-        atlas = load_atlas(path)
-        Engine(atlas)
+        atlas = Resolver().load_atlas(path)  # the full load: schema, references, policies, context, parameter schemas
     except CRAError as exc:
         if as_json:
             print_json(

@@ -40,7 +40,7 @@ _SECRET = re.compile(
 )
 _CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"(?<![\w+])\+?\(?\d[\d\s().-]{6,20}\d(?![\w])")
+_PHONE = re.compile(r"(?<![\w+-])\+?\(?\d[\d\s().-]{6,20}\d(?![\w])")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DECIMAL = re.compile(r"\d\.\d{2}(?!\d)")
 
@@ -64,8 +64,8 @@ def _card_ok(text: str) -> bool:
 
 def _phone_ok(text: str) -> bool:
     digits = re.sub(r"\D", "", text)
-    if not 9 <= len(digits) <= 15 or _ISO_DATE.fullmatch(text.strip()) or _DECIMAL.search(text):
-        return False  # too short or long, a date, or an amount such as "100.00 (10000)"
+    if not 9 <= len(digits) <= 15 or _ISO_DATE.match(text.strip()) or _DECIMAL.search(text):
+        return False  # too short or long, a date (and time), or an amount such as "100.00 (10000)"
     return text.startswith(("+", "(", "0")) or bool(re.search(r"[\s().-]", text))
 
 
@@ -89,8 +89,8 @@ class Redactor:
         for kind, pattern, check in self.rules:
 
             def replace(m: re.Match[str], kind: str = kind, check: Callable[[str], bool] | None = check) -> str:
-                if check is not None and not check(m.group(0)):
-                    return m.group(0)
+                if not m.group(0) or (check is not None and not check(m.group(0))):
+                    return m.group(0)  # an empty match (a custom \b, a lookahead) redacts nothing
                 counts[kind] = counts.get(kind, 0) + 1
                 return f"[REDACTED:{kind}]"
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cra.context.redact import Redactor, compile_redactor
+from cra.errors import AtlasError, PolicyError
 from cra.policy.conditions import TRUE, Condition, compile_conditions, evaluate_conditions
 from cra.policy.decision import EvalRequest
 from cra.protocol.atlas import Atlas, ContextPackSpec
@@ -208,12 +209,19 @@ def compile_context(atlas: Atlas) -> ContextCatalog:
     capabilities = {c.capability_id: frozenset(c.actions) for c in atlas.capabilities}
     packs = []
     for spec in atlas.context_packs:
-        conds = compile_conditions(
-            spec.conditions, f"/context_packs/{spec.index}/conditions", capabilities=capabilities, source=atlas.source
-        )
+        try:
+            conds = compile_conditions(
+                spec.conditions, f"/context_packs/{spec.index}/conditions", capabilities=capabilities
+            )
+        except PolicyError as exc:
+            raise atlas.locate(exc) from None
         kw = words(spec.pack_id.replace("-", " ").replace("_", " ").replace(".", " "))
         kw |= words(spec.name) | words(spec.description or "")
         kw |= {k.casefold() for k in spec.keywords}
         packs.append(_Pack(spec, conds, frozenset(kw)))
     cap_packs = {c.capability_id: frozenset(c.context_packs) for c in atlas.capabilities}
-    return ContextCatalog(atlas, tuple(packs), compile_redactor(atlas.redaction, source=atlas.source), cap_packs)
+    try:
+        redactor = compile_redactor(atlas.redaction)
+    except AtlasError as exc:
+        raise atlas.locate(exc) from None
+    return ContextCatalog(atlas, tuple(packs), redactor, cap_packs)

@@ -428,7 +428,10 @@ def compile_atlas(atlas: Atlas) -> CompiledPolicy:
     """Compile ``atlas``. Unknown policy types, condition keys, operators and
     parameters are :class:`~cra.errors.PolicyError`\\ s naming their JSON path."""
     capabilities = {c.capability_id: frozenset(c.actions) for c in atlas.capabilities}
-    rules = [_compile_rule(atlas, i, capabilities) for i in range(len(atlas.policies))]
+    try:
+        rules = [_compile_rule(atlas, i, capabilities) for i in range(len(atlas.policies))]
+    except PolicyError as exc:
+        raise atlas.locate(exc) from None
     for action in atlas.actions:
         if action.rate_limit is not None:
             rules.append(

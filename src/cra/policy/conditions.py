@@ -165,7 +165,11 @@ def _operator(op: str, arg: Any, pointer: str, source: str | None) -> Callable[[
         negate = op == "not_in"
 
         def member(v: Any) -> int:
-            if v is _MISSING or _json_type(v) not in types:
+            if v is _MISSING:
+                return UNKNOWN
+            if not items:  # nothing is in the empty list, whatever its type
+                return TRUE if negate else FALSE
+            if _json_type(v) not in types:
                 return UNKNOWN
             return TRUE if any(_strict_eq(v, x) for x in items) != negate else FALSE
 
@@ -255,8 +259,8 @@ def _time_window(spec: Any, pointer: str, source: str | None) -> Condition:
     day_set = frozenset(_DAYS.index(d) for d in days)
 
     def test(req: EvalRequest) -> int:
-        if req.now is None:
-            return UNKNOWN
+        if req.now is None or req.now.tzinfo is None:
+            return UNKNOWN  # a clock without a zone could mean any local time
         local = req.now.astimezone(tz)
         t = local.time().replace(tzinfo=None)
         if end is None:

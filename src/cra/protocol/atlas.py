@@ -134,6 +134,14 @@ class Atlas:
     files: Mapping[str, str]
     digest: str
     source: str | None = None
+    #: For a package: where merged list items came from ("/policies/5" -> "policies/x.json#/1").
+    origins: Mapping[str, str] = field(default_factory=dict)
+    #: What errors about the manifest itself name as their source.
+    manifest_source: str | None = None
+
+    def locate(self, error: AtlasError) -> AtlasError:
+        """The same error, naming the package file and pointer the problem is in."""
+        return _relocate(error, self.origins, self.source, self.manifest_source)
 
     def action(self, action_id: str) -> ActionSpec | None:
         for a in self.actions:
@@ -172,6 +180,8 @@ def parse_atlas(
     files: Mapping[str, str | bytes] | None = None,
     *,
     source: str | None = None,
+    origins: Mapping[str, str] | None = None,
+    manifest_source: str | None = None,
 ) -> Atlas:
     """Validate ``manifest`` and build an :class:`Atlas`.
 
@@ -181,7 +191,10 @@ def parse_atlas(
     """
     files = dict(files or {})
     validate("atlas-manifest.cra", manifest, source=source)
-    m: dict[str, Any] = json.loads(json.dumps(manifest))  # a private deep copy
+    try:
+        m: dict[str, Any] = json.loads(json.dumps(manifest, allow_nan=False))  # a private deep copy
+    except (TypeError, ValueError) as exc:
+        raise AtlasError("", f"the manifest holds a value that is not JSON: {exc}", source=source) from None
 
     policies_raw: list[dict[str, Any]] = m.get("policies", [])
     actions_raw: list[dict[str, Any]] = m.get("actions", [])
@@ -308,6 +321,8 @@ def parse_atlas(
         files=used_files,
         digest=digest,
         source=source,
+        origins=dict(origins or {}),
+        manifest_source=manifest_source or source,
     )
 
 
@@ -370,27 +385,33 @@ def parse_package(package: Mapping[str, bytes], *, source: str | None = None) ->
     manifest = _load_json(_MANIFEST, package[_MANIFEST], source)
     if not isinstance(manifest, dict):
         raise AtlasError("", "the manifest must be a JSON object", source=_join(source, _MANIFEST))
-    origins: dict[str, tuple[int, list[str]]] = {}
+    origins: dict[str, str] = {}
     for section in ("policies", "actions"):
         extra = _section_docs(package, section, source)
         if extra:
             own = manifest.get(section, [])
             if not isinstance(own, list):
                 raise AtlasError(f"/{section}", "must be an array", source=_join(source, _MANIFEST))
-            origins[section] = (len(own), [origin for origin, _ in extra])
+            for k, (origin, _) in enumerate(extra):
+                origins[f"/{section}/{len(own) + k}"] = origin
             manifest[section] = [*own, *(item for _, item in extra)]
+    manifest_source = _join(source, _MANIFEST)
     try:
-        return parse_atlas(manifest, package, source=source)
+        return parse_atlas(manifest, package, source=source, origins=origins, manifest_source=manifest_source)
     except AtlasError as exc:
-        parts = exc.path.split("/")
-        if len(parts) >= 3 and parts[1] in origins and parts[2].isdigit():
-            base, names = origins[parts[1]]
-            i = int(parts[2])
-            if i >= base:
-                file_name, _, pointer = names[i - base].partition("#")
-                rest = "".join("/" + part for part in parts[3:])
-                raise type(exc)(pointer + rest, exc.reason, source=_join(source, file_name)) from None
-        raise type(exc)(exc.path, exc.reason, source=_join(source, _MANIFEST)) from None
+        raise _relocate(exc, origins, source, manifest_source) from None
+
+
+def _relocate(
+    error: AtlasError, origins: Mapping[str, str], source: str | None, manifest_source: str | None
+) -> AtlasError:
+    parts = error.path.split("/")
+    origin = origins.get("/".join(parts[:3])) if len(parts) >= 3 else None
+    if origin is not None:
+        file_name, _, pointer = origin.partition("#")
+        rest = "".join("/" + part for part in parts[3:])
+        return type(error)(pointer + rest, error.reason, source=_join(source, file_name))
+    return type(error)(error.path, error.reason, source=manifest_source)
 
 
 def _join(source: str | None, name: str) -> str:

@@ -8,6 +8,7 @@ boundary's job (CLI, files, HTTP): the policy engine's hot path never calls it.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from functools import cache
@@ -50,7 +51,8 @@ def load_schema(kind: SchemaKind) -> dict[str, Any]:
 @cache
 def _validator(kind: SchemaKind) -> Callable[[Any], Any]:
     # use_default=False: validation must never write defaults into the caller's document.
-    return fastjsonschema.compile(load_schema(kind), use_default=False)
+    # fastjsonschema rewrites relative $refs in the schema it compiles: give it a copy.
+    return fastjsonschema.compile(copy.deepcopy(load_schema(kind)), use_default=False)
 
 
 def _pointer(exc: fastjsonschema.JsonSchemaValueException) -> tuple[str, str]:
@@ -99,7 +101,7 @@ def compile_validator(
     A schema that cannot be compiled raises ``error`` at once.
     """
     try:
-        check = fastjsonschema.compile(schema, use_default=False)
+        check = fastjsonschema.compile(copy.deepcopy(schema), use_default=False)
     except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError) as exc:
         raise error("", f"not a usable JSON Schema: {exc}", source=source) from None
 

@@ -124,11 +124,9 @@ def _param_validators(atlas: Atlas) -> dict[str, Callable[[object], None]]:
     for action in atlas.actions:
         if action.parameters_schema is not None:
             try:
-                out[action.action_id] = compile_validator(dict(action.parameters_schema))
+                out[action.action_id] = compile_validator(dict(action.parameters_schema), error=AtlasError)
             except ValidationError as exc:
-                raise AtlasError(
-                    f"/actions/{action.index}/parameters_schema", exc.reason, source=atlas.source
-                ) from None
+                raise atlas.locate(AtlasError(f"/actions/{action.index}/parameters_schema", exc.reason)) from None
     return out
 
 

@@ -57,7 +57,10 @@ def loads_trace(text: str) -> list[TraceEvent]:
     and the reason for the first line that is not a valid TRACE event.
     """
     events: list[TraceEvent] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: JSON strings may hold U+2028 and friends unescaped,
+    # which str.splitlines() would treat as line breaks.
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.removesuffix("\r")
         if not line.strip():
             continue
         try:
