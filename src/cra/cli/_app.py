@@ -10,7 +10,7 @@ import typer
 
 from cra.errors import CRAError, ProtocolError, TraceError
 from cra.policy.lint import lint_atlas
-from cra.protocol._canonical import StrictJSONError, loads_strict
+from cra.protocol.canonical import parse_json
 from cra.protocol.carp import parse_carp_request, parse_timestamp
 from cra.protocol.validation import validate
 from cra.runtime.atlas_files import load_atlas
@@ -61,9 +61,9 @@ def _read(path: Path, *, as_json: bool = False) -> str:
 
 def _json_value(text: str, what: str, *, as_json: bool) -> Any:
     try:
-        return loads_strict(text)
-    except (json.JSONDecodeError, StrictJSONError, RecursionError) as exc:
-        fail(f"{what}: not valid JSON ({exc})", as_json=as_json)
+        return parse_json(text, source=what, error=ProtocolError)
+    except ProtocolError as exc:
+        fail(exc, as_json=as_json)
 
 
 def _json_object(text: str, what: str, *, as_json: bool) -> dict[str, Any]:
@@ -260,11 +260,11 @@ def evaluate(
 
 def _evaluate_batch(engine: Engine, path: Path, *, dry_run: bool) -> None:
     invalid = 0
-    for number, line in enumerate(_read(path).splitlines(), start=1):
+    for number, line in enumerate(_read(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            request = loads_strict(line)
+            request = parse_json(line, source=None, error=ProtocolError)
             if isinstance(request, dict) and dry_run:
                 request.setdefault("dry_run", True)
             decision = engine.evaluate_request(request)
@@ -272,14 +272,6 @@ def _evaluate_batch(engine: Engine, path: Path, *, dry_run: bool) -> None:
                 "decision": decision.effect.value,
                 "policy_id": decision.policy_id,
                 "reason": decision.reason,
-            }
-        except (json.JSONDecodeError, StrictJSONError, RecursionError) as exc:
-            invalid += 1
-            out = {
-                "decision": "deny",
-                "policy_id": None,
-                "reason": f"line {number}: not valid JSON ({exc})",
-                "error": "invalid_request",
             }
         except ProtocolError as exc:
             invalid += 1

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cra.errors import AtlasError
-from cra.protocol._canonical import StrictJSONError, canonical_json, loads_strict, sha256_hex
+from cra.protocol.canonical import canonical_json, parse_json, sha256_hex
 from cra.protocol.validation import validate
 
 __all__ = [
@@ -340,19 +340,7 @@ def _rate_limit(action: Mapping[str, Any], index: int, source: str | None) -> di
 
 
 def _load_json(name: str, data: bytes, source: str | None) -> Any:
-    where = _join(source, name)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise AtlasError("", f"not UTF-8 text (byte {exc.start})", source=where) from None
-    try:
-        return loads_strict(text)
-    except json.JSONDecodeError as exc:
-        raise AtlasError("", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=where) from None
-    except StrictJSONError as exc:
-        raise AtlasError("", str(exc), source=where) from None
-    except RecursionError:
-        raise AtlasError("", "JSON is nested too deeply", source=where) from None
+    return parse_json(data, source=_join(source, name), error=AtlasError)
 
 
 def _section_docs(package: Mapping[str, bytes], section: str, source: str | None) -> list[tuple[str, dict[str, Any]]]:

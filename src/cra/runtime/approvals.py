@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from cra.errors import ApprovalError
-from cra.protocol._canonical import canonical_json, sha256_hex
+from cra.protocol.canonical import canonical_json, sha256_hex
 from cra.runtime.ports import Signer
 
 __all__ = ["Approval", "ApprovalTicket", "arguments_hash", "issue_ticket", "read_ticket"]

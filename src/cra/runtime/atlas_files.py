@@ -9,15 +9,14 @@ left out of the mapping or refused, so the parser reports them precisely.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from cra.errors import AtlasError
-from cra.protocol._canonical import StrictJSONError, loads_strict
 from cra.protocol.atlas import Atlas, parse_atlas, parse_package
+from cra.protocol.canonical import parse_json
 
 __all__ = ["MAX_FILE_BYTES", "AtlasSource", "load_atlas", "read_package"]
 
@@ -75,8 +74,8 @@ def read_package(path: str | os.PathLike[str]) -> dict[str, bytes]:
                 if data is not None:
                     package[f"{section}/{child.name}"] = data
     try:
-        manifest = loads_strict(manifest_bytes)
-    except (json.JSONDecodeError, StrictJSONError, RecursionError, UnicodeDecodeError):
+        manifest = parse_json(manifest_bytes, source=None, error=AtlasError)
+    except AtlasError:
         manifest = None  # parse_package reports the precise error
     _context_files(root, manifest, package)
     return package
@@ -88,18 +87,7 @@ def _load_file(path: Path) -> Atlas:
     data = _read(root, path.name)
     if data is None:
         raise AtlasError("", "cannot read the atlas file", source=str(path))
-    try:
-        manifest = loads_strict(data)
-    except UnicodeDecodeError as exc:
-        raise AtlasError("", f"not UTF-8 text (byte {exc.start})", source=str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise AtlasError(
-            "", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=str(path)
-        ) from None
-    except StrictJSONError as exc:
-        raise AtlasError("", str(exc), source=str(path)) from None
-    except RecursionError:
-        raise AtlasError("", "JSON is nested too deeply", source=str(path)) from None
+    manifest = parse_json(data, source=str(path), error=AtlasError)
     if not isinstance(manifest, dict):
         raise AtlasError("", "the manifest must be a JSON object", source=str(path))
     files: dict[str, bytes] = {}

@@ -24,7 +24,6 @@ seconds after the case's ``now`` (default ``2025-01-06T10:00:00Z``, a Monday).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import yaml
 
 from cra.errors import AtlasError, ProtocolError, ValidationError
 from cra.protocol.atlas import Atlas
+from cra.protocol.canonical import parse_json
 from cra.protocol.carp import parse_timestamp
 from cra.protocol.validation import compile_validator
 from cra.runtime.clock import ManualClock
@@ -92,7 +92,16 @@ _check_file = compile_validator(_FILE_SCHEMA, error=AtlasError)
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """Safe YAML that keeps timestamps as strings, as JSON would."""
+    """Safe YAML that keeps timestamps as strings, as JSON would, and refuses duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.yaml_implicit_resolvers = {
@@ -150,13 +159,16 @@ def load_tests(package: str | os.PathLike[str]) -> list[AtlasTestCase]:
     for path in sorted(folder.iterdir()):
         if path.suffix not in (".json", ".yaml", ".yml") or not path.is_file():
             continue
-        text = path.read_text("utf-8")
-        try:
-            document = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-        except json.JSONDecodeError as exc:
-            raise AtlasError("", f"invalid JSON at line {exc.lineno}: {exc.msg}", source=str(path)) from None
-        except yaml.YAMLError as exc:
-            raise AtlasError("", f"invalid YAML: {exc}", source=str(path)) from None
+        data = path.read_bytes()
+        if path.suffix == ".json":
+            document = parse_json(data, source=str(path), error=AtlasError)
+        else:
+            try:
+                document = yaml.load(data.decode("utf-8"), Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+            except UnicodeDecodeError as exc:
+                raise AtlasError("", f"not UTF-8 text (byte {exc.start})", source=str(path)) from None
+            except yaml.YAMLError as exc:
+                raise AtlasError("", f"invalid YAML: {exc}", source=str(path)) from None
         cases.extend(parse_tests(str(path), document))
     return cases
 

@@ -32,8 +32,8 @@ from cra.policy.resolve import (
     policy_event_payload,
     summarize,
 )
-from cra.protocol._canonical import canonical_json, sha256_hex
 from cra.protocol.atlas import Atlas
+from cra.protocol.canonical import canonical_json, sha256_hex
 from cra.protocol.carp import CARP_VERSION, CarpRequest, parse_carp_request, parse_timestamp
 from cra.protocol.validation import compile_validator
 from cra.runtime.approvals import Approval, ApprovalTicket, arguments_hash, issue_ticket, read_ticket

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
 from cra.errors import ProtocolError
-from cra.protocol._canonical import canonical_json
+from cra.protocol.canonical import canonical_json
 
 __all__ = [
     "EVENT_TYPES",

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from cra.errors import ProtocolError, TraceError
-from cra.protocol._canonical import StrictJSONError, loads_strict
+from cra.protocol.canonical import parse_json
 from cra.protocol.validation import validate
 from cra.trace.event import TraceEvent
 
@@ -34,6 +34,8 @@ def event_from_dict(data: Any) -> TraceEvent:
     Raises :class:`~cra.errors.ProtocolError` naming the JSON path on failure.
     """
     validate("trace-event", data)
+    if type(data["sequence"]) is not int:
+        raise ProtocolError("/sequence", "must be an integer, written without a fraction or exponent")
     return TraceEvent(
         data["trace_version"],
         data["event_id"],
@@ -64,15 +66,7 @@ def loads_trace(text: str) -> list[TraceEvent]:
         if not line.strip():
             continue
         try:
-            data = loads_strict(line)
-        except json.JSONDecodeError as exc:
-            raise TraceError(number, "", f"invalid JSON at column {exc.colno}: {exc.msg}") from None
-        except StrictJSONError as exc:
-            raise TraceError(number, "", str(exc)) from None
-        except RecursionError:
-            raise TraceError(number, "", "JSON is nested too deeply") from None
-        try:
-            events.append(event_from_dict(data))
+            events.append(event_from_dict(parse_json(line, source=None, error=ProtocolError)))
         except ProtocolError as exc:
             raise TraceError(number, exc.path, exc.reason) from None
     return events
