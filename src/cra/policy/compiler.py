@@ -180,11 +180,9 @@ class CompiledPolicy:
 
         approval: Rule | None = None
         for rule in ar.approval:
-            if req.approved:
+            if rule.policy_id in req.approved:
                 if steps is not None:
-                    steps.append(
-                        Step(rule.policy_id, "require_approval", "satisfied", "the call carries a valid approval")
-                    )
+                    steps.append(Step(rule.policy_id, "require_approval", "satisfied", "the call carries its approval"))
                 continue
             if approval is not None:
                 if steps is not None:

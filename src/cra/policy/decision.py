@@ -46,7 +46,8 @@ class EvalRequest(NamedTuple):
     the call's arguments are not known yet (resolve time): conditions on them are
     deferred instead of failing. ``risk_tier`` is the effective tier: the higher
     of the requested tier and the action's declared tier, or ``None`` if neither
-    is known.
+    is known. ``approved`` names the approval policies whose approval the host
+    has verified for exactly this call; only those are satisfied.
     """
 
     action: str
@@ -58,7 +59,7 @@ class EvalRequest(NamedTuple):
     now: datetime | None = None
     session_id: str | None = None
     tenant_id: str | None = None
-    approved: bool = False
+    approved: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,7 @@ class Step:
 
     policy_id: str
     policy_type: str
-    outcome: str  # applies | not_applicable | unknown | deferred | skipped | decides
+    outcome: str  # applies | not_applicable | unknown | deferred | skipped | satisfied | decides
     detail: str
 
     def render(self) -> str:

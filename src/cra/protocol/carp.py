@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from cra.errors import ProtocolError
+from cra.protocol.canonical import canonical_json
 from cra.protocol.validation import validate
 
 __all__ = ["CARP_VERSION", "CarpRequest", "Execution", "parse_carp_request", "parse_timestamp"]
@@ -45,6 +46,41 @@ class CarpRequest:
     parent_session_id: str | None = None
     execution: Execution | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The request as a CARP/1.0 JSON object."""
+        requester: dict[str, Any] = {"agent_id": self.agent_id, "session_id": self.session_id}
+        if self.parent_session_id is not None:
+            requester["parent_session_id"] = self.parent_session_id
+        task: dict[str, Any] = {"goal": self.goal}
+        if self.risk_tier is not None:
+            task["risk_tier"] = self.risk_tier
+        if self.context_hints:
+            task["context_hints"] = list(self.context_hints)
+        if self.required_capabilities:
+            task["required_capabilities"] = list(self.required_capabilities)
+        out: dict[str, Any] = {
+            "carp_version": CARP_VERSION,
+            "request_id": self.request_id,
+            "timestamp": self.timestamp,
+            "operation": self.operation,
+            "requester": requester,
+            "task": task,
+        }
+        if self.execution is not None:
+            execution: dict[str, Any] = {
+                "resolution_id": self.execution.resolution_id,
+                "action_id": self.execution.action_id,
+                "parameters": dict(self.execution.parameters),
+            }
+            if self.execution.idempotency_key is not None:
+                execution["idempotency_key"] = self.execution.idempotency_key
+            out["execution"] = execution
+        if self.atlas_ids is not None:
+            out["atlas_ids"] = list(self.atlas_ids)
+        if self.context:
+            out["context"] = dict(self.context)
+        return out
+
 
 def parse_timestamp(value: str, path: str) -> datetime:
     """Parse an RFC 3339 timestamp with a time zone."""
@@ -65,6 +101,10 @@ def parse_carp_request(data: object) -> CarpRequest:
     """
     validate("carp-request", data)
     assert isinstance(data, dict)
+    try:
+        canonical_json(data)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError("", f"the request holds a value that is not JSON: {exc}") from None
     requester = data["requester"]
     task = data["task"]
     execution = None

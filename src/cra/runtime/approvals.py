@@ -1,7 +1,8 @@
 """Human approvals: pending requests, and the signed single-use tickets they yield.
 
-A ticket is bound to the tenant, session, agent, action and the SHA-256 of the
-call's canonical arguments, and it expires. It reads
+A ticket is bound to the tenant, session, agent, action, the SHA-256 of the
+call's canonical arguments, the approval policy it satisfies and the digest of
+the atlas that asked for it, and it expires. It reads
 ``base64url(canonical claims) "." signature``; the signature comes from the
 runtime's :class:`~cra.runtime.ports.Signer`.
 """
@@ -42,6 +43,7 @@ class Approval:
     arguments_hash: str
     parameters: Mapping[str, Any]
     policy_id: str
+    atlas_digest: str
     reason: str
     approver_roles: tuple[str, ...]
     ticket_ttl_seconds: int
@@ -55,26 +57,6 @@ class Approval:
 
     def decided(self, status: ApprovalStatus, **changes: Any) -> Approval:
         return replace(self, status=status, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "approval_id": self.approval_id,
-            "tenant_id": self.tenant_id,
-            "session_id": self.session_id,
-            "agent_id": self.agent_id,
-            "action_id": self.action_id,
-            "arguments_hash": self.arguments_hash,
-            "parameters": dict(self.parameters),
-            "policy_id": self.policy_id,
-            "reason": self.reason,
-            "approver_roles": list(self.approver_roles),
-            "status": self.status,
-            "approver": self.approver,
-            "comment": self.comment,
-            "requested_at": self.requested_at.isoformat(),
-            "decided_at": self.decided_at.isoformat() if self.decided_at else None,
-            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +87,8 @@ def issue_ticket(signer: Signer, approval: Approval) -> ApprovalTicket:
         "agent": approval.agent_id,
         "action": approval.action_id,
         "args": approval.arguments_hash,
+        "pol": approval.policy_id,
+        "dig": approval.atlas_digest,
         "exp": int(approval.expires_at.timestamp()),
     }
     body = canonical_json(claims).encode("utf-8")
@@ -126,7 +110,7 @@ def read_ticket(signer: Signer, token: str) -> dict[str, Any]:
         claims = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApprovalError("approval ticket is malformed") from None
-    expected = {"v", "kid", "aid", "tenant", "sid", "agent", "action", "args", "exp"}
+    expected = {"v", "kid", "aid", "tenant", "sid", "agent", "action", "args", "pol", "dig", "exp"}
     if not isinstance(claims, dict) or set(claims) != expected or claims["v"] != 1:
         raise ApprovalError("approval ticket is malformed")
     return claims

@@ -16,7 +16,8 @@ sequence of ``steps`` that share counters (for rate limits and budgets)::
             expect: {decision: deny, reason_code: rate_limit_exceeded}
 
 ``request`` takes ``agent``, ``roles``, ``action``, ``risk_tier``, ``params``,
-``context``, ``session``, ``tenant``, ``approved`` and ``dry_run``. ``at`` is
+``context``, ``session``, ``tenant``, ``approved`` (the approval policies whose
+approval the call carries) and ``dry_run``. ``at`` is
 seconds after the case's ``now`` (default ``2025-01-06T10:00:00Z``, a Monday).
 ``expect`` takes ``decision`` and optionally ``policy_id``, ``reason_code`` and
 ``retry_after``. Every case starts with empty counters.

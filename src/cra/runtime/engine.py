@@ -31,7 +31,7 @@ EVALUATION_REQUEST_SCHEMA: dict[str, Any] = {
         "context": {"type": "object"},
         "session": {"type": "string", "minLength": 1},
         "tenant": {"type": "string", "minLength": 1},
-        "approved": {"type": "boolean"},
+        "approved": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "dry_run": {"type": "boolean"},
     },
 }
@@ -102,15 +102,17 @@ class Engine:
         *,
         session_id: str | None = None,
         tenant_id: str | None = None,
-        approved: bool = False,
+        verified_approvals: Iterable[str] = (),
         dry_run: bool = False,
         now: datetime | None = None,
     ) -> Decision:
         """Decide one proposed call.
 
         ``params`` are the call's arguments (none given means none: conditions
-        on them then read missing attributes and fail closed). ``approved``
-        says the host has verified an approval for exactly this call.
+        on them then read missing attributes and fail closed).
+        ``verified_approvals`` names the approval policies whose approval the
+        host has verified for exactly this call (the resolver's signed tickets
+        do this); only those policies are satisfied.
         """
         compiled = self._compiled
         if now is None and compiled.uses_time:
@@ -125,7 +127,7 @@ class Engine:
             now,
             session_id,
             self.tenant_id if tenant_id is None else tenant_id,
-            approved,
+            frozenset(verified_approvals),
         )
         decision = compiled.evaluate(req)
         if decision.charges and decision.effect is Effect.ALLOW:
@@ -151,6 +153,6 @@ class Engine:
             context=request.get("context", {}),
             session_id=request.get("session"),
             tenant_id=request.get("tenant"),
-            approved=request.get("approved", False),
+            verified_approvals=request.get("approved", ()),
             dry_run=request.get("dry_run", False),
         )

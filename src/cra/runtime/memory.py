@@ -8,11 +8,13 @@ import hmac
 import secrets
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 from cra.policy.decision import Charge, LimitBreach
 from cra.runtime.approvals import Approval
-from cra.runtime.records import ResolutionRecord, Session
+from cra.runtime.records import IdempotentCall, ResolutionRecord, Session
 from cra.trace.event import TraceEvent
 
 __all__ = [
@@ -131,6 +133,7 @@ class MemorySessions:
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
         self._request_ids: dict[str, set[str]] = {}
+        self._idempotent: dict[tuple[str, str], IdempotentCall] = {}
         self._lock = threading.Lock()
 
     def get(self, session_id: str) -> Session | None:
@@ -150,6 +153,18 @@ class MemorySessions:
             seen.add(request_id)
             return True
 
+    def claim_idempotency_key(self, session_id: str, key: str, record: IdempotentCall) -> IdempotentCall | None:
+        with self._lock:
+            existing = self._idempotent.get((session_id, key))
+            if existing is None:
+                self._idempotent[(session_id, key)] = record
+            return existing
+
+    def complete_idempotency_key(self, session_id: str, key: str, response: Mapping[str, Any]) -> None:
+        with self._lock:
+            record = self._idempotent[(session_id, key)]
+            self._idempotent[(session_id, key)] = replace(record, response=response)
+
 
 class MemoryResolutions:
     def __init__(self) -> None:
@@ -165,12 +180,21 @@ class MemoryResolutions:
 class MemoryApprovals:
     def __init__(self) -> None:
         self._approvals: dict[str, Approval] = {}
+        self._lock = threading.Lock()
 
     def get(self, approval_id: str) -> Approval | None:
         return self._approvals.get(approval_id)
 
     def put(self, approval: Approval) -> None:
         self._approvals[approval.approval_id] = approval
+
+    def redeem(self, approval_id: str) -> bool:
+        with self._lock:
+            approval = self._approvals.get(approval_id)
+            if approval is None or approval.status != "approved":
+                return False
+            self._approvals[approval_id] = approval.decided("used")
+            return True
 
     def list(self, *, session_id: str | None = None, status: str | None = None) -> list[Approval]:
         return [

@@ -6,16 +6,16 @@ clock and id modules) for tests and embedded use; adapters supply the rest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cra.policy.decision import Charge, LimitBreach
 from cra.trace.event import TraceEvent
 
 if TYPE_CHECKING:
     from cra.runtime.approvals import Approval
-    from cra.runtime.records import ResolutionRecord, Session
+    from cra.runtime.records import IdempotentCall, ResolutionRecord, Session
 
 __all__ = [
     "ApprovalStore",
@@ -92,6 +92,14 @@ class SessionStore(Protocol):
         """Record ``request_id`` for the session; False if it was already used."""
         ...
 
+    def claim_idempotency_key(self, session_id: str, key: str, record: IdempotentCall) -> IdempotentCall | None:
+        """Reserve ``key`` for ``record`` atomically; if the key is taken, return its record instead."""
+        ...
+
+    def complete_idempotency_key(self, session_id: str, key: str, response: Mapping[str, Any]) -> None:
+        """Store the response of the call that reserved ``key``."""
+        ...
+
 
 class ResolutionStore(Protocol):
     def get(self, resolution_id: str) -> ResolutionRecord | None: ...
@@ -105,3 +113,7 @@ class ApprovalStore(Protocol):
     def put(self, approval: Approval) -> None: ...
 
     def list(self, *, session_id: str | None = None, status: str | None = None) -> list[Approval]: ...
+
+    def redeem(self, approval_id: str) -> bool:
+        """Atomically turn an ``approved`` approval into ``used``; False if it was not ``approved``."""
+        ...

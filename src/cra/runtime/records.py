@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["ResolutionRecord", "Session"]
+__all__ = ["IdempotentCall", "ResolutionRecord", "Session"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,25 +25,6 @@ class Session:
     status: Literal["active", "ended"] = "active"
     ended_at: datetime | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The protocol's ``Session`` object (plus tenant and roles)."""
-        out: dict[str, Any] = {
-            "session_id": self.session_id,
-            "agent_id": self.agent_id,
-            "goal": self.goal,
-            "status": self.status,
-            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
-            "tenant_id": self.tenant_id,
-            "roles": sorted(self.roles),
-        }
-        if self.atlas_ids:
-            out["atlas_id"] = self.atlas_ids[0]
-        if self.ended_at is not None:
-            out["ended_at"] = self.ended_at.isoformat().replace("+00:00", "Z")
-        if self.metadata:
-            out["metadata"] = dict(self.metadata)
-        return out
-
 
 @dataclass(frozen=True, slots=True)
 class ResolutionRecord:
@@ -57,3 +38,13 @@ class ResolutionRecord:
     risk_tier: str | None
     context: Mapping[str, Any]
     document: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentCall:
+    """The first call made with an idempotency key, and its response once known."""
+
+    action_id: str
+    arguments_hash: str
+    execution_id: str
+    response: Mapping[str, Any] | None = None

@@ -3,17 +3,21 @@
 Every step becomes a TRACE/1.0 event in the session's hash chain. The resolver
 reaches the world only through its ports (clock, ids, counters, stores, sinks,
 signer); the defaults are in-memory, so ``Resolver()`` needs nothing else.
+
+One lock guards the runtime's state. It is released while an executor runs, so
+a slow tool does not stall other sessions and an executor may call back in.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from cra.context.select import ContextBlock, ContextCatalog, compile_context
+from cra.context.select import ContextBlock
 from cra.errors import (
     ApprovalError,
     AtlasError,
@@ -21,25 +25,19 @@ from cra.errors import (
     ProtocolError,
     ResolutionError,
     SessionError,
-    ValidationError,
 )
-from cra.policy.compiler import CompiledPolicy, compile_atlas
+from cra.policy.compiler import CompiledPolicy
 from cra.policy.decision import Decision, Effect, EvalRequest, limit_exceeded
-from cra.policy.resolve import (
-    ActionVerdict,
-    constraints_for,
-    evaluate_actions,
-    policy_event_payload,
-    summarize,
-)
+from cra.policy.resolve import evaluate_actions, policy_event_payload
 from cra.protocol.atlas import Atlas
 from cra.protocol.canonical import canonical_json, sha256_hex
 from cra.protocol.carp import CARP_VERSION, CarpRequest, parse_carp_request, parse_timestamp
-from cra.protocol.validation import compile_validator
-from cra.runtime.approvals import Approval, ApprovalTicket, arguments_hash, issue_ticket, read_ticket
+from cra.runtime.approvals import Approval, ApprovalTicket, issue_ticket, read_ticket
 from cra.runtime.atlas_files import AtlasSource, load_atlas
 from cra.runtime.clock import SystemClock
+from cra.runtime.execution import Executor, ResponseBuilder, invoke
 from cra.runtime.ids import SystemIds
+from cra.runtime.loaded import LoadedAtlas, prepare
 from cra.runtime.memory import (
     HmacSigner,
     MemoryApprovals,
@@ -48,6 +46,7 @@ from cra.runtime.memory import (
     MemoryResolutions,
     MemorySessions,
 )
+from cra.runtime.plan import ResolvePlan
 from cra.runtime.ports import (
     ApprovalStore,
     Clock,
@@ -59,75 +58,19 @@ from cra.runtime.ports import (
     Signer,
     TraceSink,
 )
-from cra.runtime.records import ResolutionRecord, Session
+from cra.runtime.recorder import SpanRecorder
+from cra.runtime.records import IdempotentCall, ResolutionRecord, Session
 from cra.trace.chain import verify_chain
-from cra.trace.event import TraceEvent, build_event, format_timestamp
+from cra.trace.event import TraceEvent, format_timestamp
 
-__all__ = ["Executor", "Resolver"]
+__all__ = ["DEFAULT_TENANT", "Executor", "Resolver"]
 
-Executor = Callable[[dict[str, Any]], Any]
-
+#: The tenant of sessions created without one; recorded in the trace only when different.
+DEFAULT_TENANT: Final = "default"
 #: ``policy_id`` recorded when a call is refused before any atlas policy is consulted.
 RESOLUTION_GUARD_ID: Final = "cra:resolution"
 PARAMETERS_GUARD_ID: Final = "cra:parameters_schema"
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """Everything a resolve decides that does not depend on ids, time or the goal.
-
-    It is a pure function of the atlases, the agent, its roles, the risk tier, the
-    request context and the required capabilities (and of the clock, when an atlas
-    has time windows; such plans are not cached).
-    """
-
-    policy_events: tuple[tuple[dict[str, Any], str], ...]  # payload and its canonical JSON
-    allowed: tuple[dict[str, Any], ...]
-    denied: tuple[dict[str, Any], ...]
-    constraints: tuple[dict[str, Any], ...]
-    decision_type: str
-    reason: str
-    actions: Mapping[str, str]  # allowed action id -> atlas id
-
-    @classmethod
-    def of(cls, verdicts: Sequence[ActionVerdict]) -> _Plan:
-        events = []
-        for v in verdicts:
-            payload = policy_event_payload(v.decision)
-            events.append((payload, canonical_json(payload)))
-        granted = [v for v in verdicts if v.decision.effect is not Effect.DENY]
-        decision_type, reason = summarize(verdicts)
-        return cls(
-            policy_events=tuple(events),
-            allowed=tuple(_allowed(v) for v in granted),
-            denied=tuple(_denied(v.decision) for v in verdicts if v.decision.effect is Effect.DENY),
-            constraints=tuple(constraints_for(verdicts)),
-            decision_type=decision_type,
-            reason=reason,
-            actions={v.action.action_id: v.compiled.atlas.atlas_id for v in granted},
-        )
-
-
 _PLAN_CACHE_LIMIT: Final = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class _Loaded:
-    atlas: Atlas
-    compiled: CompiledPolicy
-    catalog: ContextCatalog
-    validators: Mapping[str, Callable[[object], None]]
-
-
-def _param_validators(atlas: Atlas) -> dict[str, Callable[[object], None]]:
-    out: dict[str, Callable[[object], None]] = {}
-    for action in atlas.actions:
-        if action.parameters_schema is not None:
-            try:
-                out[action.action_id] = compile_validator(dict(action.parameters_schema), error=AtlasError)
-            except ValidationError as exc:
-                raise atlas.locate(AtlasError(f"/actions/{action.index}/parameters_schema", exc.reason)) from None
-    return out
 
 
 class Resolver:
@@ -153,7 +96,7 @@ class Resolver:
         approvals: ApprovalStore | None = None,
         signer: Signer | None = None,
         sinks: Iterable[TraceSink] = (),
-        tenant_id: str = "default",
+        tenant_id: str = DEFAULT_TENANT,
         resolution_ttl_seconds: int = 3600,
         max_clock_skew_seconds: int = 300,
     ) -> None:
@@ -169,8 +112,8 @@ class Resolver:
         self._tenant = tenant_id
         self._ttl = resolution_ttl_seconds
         self._skew = max_clock_skew_seconds
-        self._loaded: dict[str, _Loaded] = {}
-        self._plans: dict[tuple[Any, ...], _Plan] = {}
+        self._loaded: dict[str, LoadedAtlas] = {}
+        self._plans: dict[tuple[Any, ...], ResolvePlan] = {}
         self._executors: dict[str, Executor] = {}
         self._lock = threading.RLock()
 
@@ -179,18 +122,15 @@ class Resolver:
     def load_atlas(self, source: AtlasSource, *, files: Mapping[str, str | bytes] | None = None) -> Atlas:
         """Load, validate and compile an atlas; a new version replaces the old one."""
         atlas = load_atlas(source, files=files)
-        loaded = _Loaded(atlas, compile_atlas(atlas), compile_context(atlas), _param_validators(atlas))
+        loaded = prepare(atlas)
         with self._lock:
             for other in self._loaded.values():
                 if other.atlas.atlas_id == atlas.atlas_id:
                     continue
                 for action in atlas.actions:
                     if other.atlas.action(action.action_id) is not None:
-                        raise AtlasError(
-                            f"/actions/{action.index}/action_id",
-                            f"action {action.action_id!r} is already declared by loaded atlas {other.atlas.atlas_id!r}",
-                            source=atlas.source,
-                        )
+                        reason = f"action {action.action_id!r} is already declared by atlas {other.atlas.atlas_id!r}"
+                        raise atlas.locate(AtlasError(f"/actions/{action.index}/action_id", reason))
             self._loaded[atlas.atlas_id] = loaded
             self._plans.clear()
         return atlas
@@ -213,7 +153,12 @@ class Resolver:
         return loaded.compiled
 
     def register_executor(self, action_id: str, executor: Executor) -> None:
-        """Run ``executor(parameters)`` when ``action_id`` is executed and allowed."""
+        """Run ``executor(arguments)`` when ``action_id`` is executed and allowed.
+
+        The executor gets its own copy of the arguments and must return JSON (an
+        object, or a value reported as ``{"value": ...}``). It runs without the
+        runtime's lock held.
+        """
         self._executors[action_id] = executor
 
     def executor(self, action_id: str) -> Callable[[Executor], Executor]:
@@ -245,6 +190,22 @@ class Resolver:
         role_set = frozenset(roles)
         if not all(isinstance(r, str) and r for r in role_set):
             raise ProtocolError("/roles", "must be non-empty strings")
+        tenant = tenant_id or self._tenant
+        # roles and tenant sit beside the host's metadata, never inside it, so that
+        # metadata cannot forge what replay reads as the host's word.
+        payload: dict[str, Any] = {"agent_id": agent_id, "goal": goal}
+        if atlas_ids:
+            payload["atlas_ids"] = list(atlas_ids)
+        if role_set:
+            payload["roles"] = sorted(role_set)
+        if tenant != DEFAULT_TENANT:
+            payload["tenant_id"] = tenant
+        if metadata:
+            payload["metadata"] = dict(metadata)
+        try:
+            canonical_json(payload)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError("/metadata", f"must be JSON: {exc}") from None
         with self._lock:
             for aid in atlas_ids or ():
                 if aid not in self._loaded:
@@ -252,7 +213,7 @@ class Resolver:
             now = self._clock.now()
             session = Session(
                 session_id=self._ids.new_id(),
-                tenant_id=tenant_id or self._tenant,
+                tenant_id=tenant,
                 agent_id=agent_id,
                 goal=goal,
                 roles=role_set,
@@ -263,16 +224,6 @@ class Resolver:
                 metadata=dict(metadata or {}),
             )
             self._sessions.put(session)
-            payload: dict[str, Any] = {"agent_id": agent_id, "goal": goal}
-            if session.atlas_ids:
-                payload["atlas_ids"] = list(session.atlas_ids)
-            extra: dict[str, Any] = dict(metadata or {})
-            if role_set:
-                extra["roles"] = sorted(role_set)
-            if session.tenant_id != self._tenant or tenant_id is not None:
-                extra["tenant_id"] = session.tenant_id
-            if extra:
-                payload["metadata"] = extra
             self._span(session, now, root=True).emit("session.started", payload)
             return session.session_id
 
@@ -309,18 +260,21 @@ class Resolver:
     # -- resolve --------------------------------------------------------------
 
     def resolve(self, request: Mapping[str, Any] | CarpRequest) -> dict[str, Any]:
-        """Answer a CARP resolve request with a CARP resolution."""
-        req = request if isinstance(request, CarpRequest) else parse_carp_request(request)
-        if req.operation != "resolve":
-            raise ProtocolError("/operation", f"resolve() takes a 'resolve' request, not {req.operation!r}")
-        with self._lock:
-            session = self._session_for(req)
-            now = self._clock.now()
-            self._admit(session, req, now)
-            loaded = self._select_atlases(req.atlas_ids or session.atlas_ids)
-            span = self._span(session, now)
-            emit = span.emit
+        """Answer a CARP resolve request with a CARP resolution.
 
+        Protocol violations (another agent's session, a replayed request id,
+        clock skew, atlases outside the session's) raise, and are recorded in
+        the session's trace as ``error.occurred``.
+        """
+        req = _parse(request, "resolve")
+        with self._lock:
+            session, now = self._admit(req)
+            try:
+                loaded = self._select_atlases(session, req)
+            except (ResolutionError, NotFoundError) as exc:
+                self._record_error(session, now, req, exc)
+                raise
+            span = self._span(session, now)
             received: dict[str, Any] = {
                 "request_id": req.request_id,
                 "operation": "resolve",
@@ -335,12 +289,12 @@ class Resolver:
             if req.required_capabilities:
                 received["required_capabilities"] = list(req.required_capabilities)
             if req.context:
-                received["context"] = dict(req.context)
-            emit("carp.request.received", received)
+                received["context"] = json.loads(canonical_json(req.context))
+            span.emit("carp.request.received", received)
 
             plan = self._plan(loaded, session, req, now)
             for payload, payload_json in plan.policy_events:
-                emit("policy.evaluated", payload, payload_json)
+                span.emit("policy.evaluated", dict(payload), payload_json)
             blocks = self._context(loaded, session, req, now, span)
             resolution_id = self._ids.new_id()
             document: dict[str, Any] = {
@@ -355,16 +309,11 @@ class Resolver:
                     "expires_at": None,
                 },
                 "context_blocks": [b.to_dict() for b in blocks],
-                "allowed_actions": [dict(a) for a in plan.allowed],
-                "denied_actions": [dict(d) for d in plan.denied],
-                "constraints": [
-                    {**c, "parameters": {**c["parameters"], "actions": list(c["parameters"]["actions"])}}
-                    for c in plan.constraints
-                ],
+                **plan.resolution_lists(),
                 "ttl_seconds": self._ttl,
                 "trace_id": session.trace_id,
             }
-            emit(
+            span.emit(
                 "carp.resolution.completed",
                 {
                     "resolution_id": resolution_id,
@@ -384,28 +333,22 @@ class Resolver:
                     expires_at=now + timedelta(seconds=self._ttl),
                     actions=plan.actions,
                     risk_tier=req.risk_tier,
-                    context=dict(req.context),
+                    context=received.get("context", {}),
                     document=document,
                 )
             )
             return document
 
-    def _plan(self, loaded: Sequence[_Loaded], session: Session, req: CarpRequest, now: datetime) -> _Plan:
+    def _plan(self, loaded: Sequence[LoadedAtlas], session: Session, req: CarpRequest, now: datetime) -> ResolvePlan:
         """The resolve decisions for this request, memoised while the clock cannot matter."""
-        cacheable = not any(x.compiled.uses_time for x in loaded)
-        key: tuple[Any, ...] = ()
-        if cacheable:
-            try:
-                context_key = canonical_json(req.context)
-            except (TypeError, ValueError):
-                context_key = None
-            cacheable = context_key is not None
+        key: tuple[Any, ...] | None = None
+        if not any(x.compiled.uses_time for x in loaded):
             key = (
                 tuple(x.atlas.digest for x in loaded),
                 session.agent_id,
                 session.roles,
                 req.risk_tier,
-                context_key,
+                canonical_json(req.context),
                 req.required_capabilities,
             )
             plan = self._plans.get(key)
@@ -422,8 +365,8 @@ class Resolver:
             tenant_id=session.tenant_id,
             capabilities=req.required_capabilities,
         )
-        plan = _Plan.of(verdicts)
-        if cacheable:
+        plan = ResolvePlan.of(verdicts)
+        if key is not None:
             if len(self._plans) >= _PLAN_CACHE_LIMIT:
                 self._plans.clear()
             self._plans[key] = plan
@@ -431,11 +374,11 @@ class Resolver:
 
     def _context(
         self,
-        loaded: Sequence[_Loaded],
+        loaded: Sequence[LoadedAtlas],
         session: Session,
         req: CarpRequest,
         now: datetime,
-        span: _Span,
+        span: SpanRecorder,
     ) -> list[ContextBlock]:
         probe = EvalRequest(
             action="",
@@ -487,139 +430,90 @@ class Resolver:
 
         Returns a CARP execute response whose ``status`` is ``success``,
         ``error``, ``denied`` or ``pending_approval``. Requests that break the
-        protocol (unknown session or resolution, replayed request id, clock skew)
-        raise instead, and are recorded as ``error.occurred``.
+        protocol (unknown session or resolution, another agent's session, a
+        replayed request id, clock skew) raise instead, recorded as
+        ``error.occurred`` when the session exists.
         """
-        req = request if isinstance(request, CarpRequest) else parse_carp_request(request)
-        if req.operation != "execute" or req.execution is None:
-            raise ProtocolError("/operation", f"execute() takes an 'execute' request, not {req.operation!r}")
+        req = _parse(request, "execute")
         ex = req.execution
+        assert ex is not None
         with self._lock:
-            session = self._session_for(req)
-            now = self._clock.now()
-            span = self._span(session, now)
-            emit = span.emit
-
+            session, now = self._admit(req)
             try:
-                self._admit(session, req, now)
                 record = self._resolutions.get(ex.resolution_id)
                 if record is None or record.session_id != session.session_id:
                     raise NotFoundError("resolution", ex.resolution_id)
                 if now >= record.expires_at:
-                    raise ResolutionError(
-                        f"resolution {ex.resolution_id} expired at {format_timestamp(record.expires_at)}"
-                    )
+                    expired = format_timestamp(record.expires_at)
+                    raise ResolutionError(f"resolution {ex.resolution_id} expired at {expired}")
             except (ResolutionError, NotFoundError) as exc:
-                emit("error.occurred", {"code": exc.code, "message": str(exc), "request_id": req.request_id})
+                self._record_error(session, now, req, exc)
                 raise
-
+            span = self._span(session, now)
+            arguments_json = canonical_json(ex.parameters)
+            args_hash = sha256_hex(arguments_json)
             execution_id = self._ids.new_id()
-            params = dict(ex.parameters)
-            args_hash = arguments_hash(params)
-            response = _Response(req, execution_id, session.trace_id, self._clock)
+            response = ResponseBuilder(
+                request_id=req.request_id,
+                resolution_id=ex.resolution_id,
+                execution_id=execution_id,
+                trace_id=session.trace_id,
+                clock=self._clock,
+            )
             requested: dict[str, Any] = {
                 "action_id": ex.action_id,
                 "resolution_id": ex.resolution_id,
                 "parameters_hash": args_hash,
-                "parameters": params,
+                "parameters": json.loads(arguments_json),
             }
-            approval: Approval | None = None
-            if approval_ticket is not None:
-                try:
-                    approval = self._redeemable(approval_ticket, session, ex.action_id, args_hash, now)
-                except ApprovalError as exc:
-                    emit("action.requested", requested)
-                    emit(
-                        "action.denied",
-                        {"action_id": ex.action_id, "reason": str(exc), "policy_id": RESOLUTION_GUARD_ID},
-                    )
-                    return response.done("denied", error={"code": "invalid_approval", "message": str(exc)})
-                requested["approval_id"] = approval.approval_id
-            emit("action.requested", requested)
-
-            atlas_id = record.actions.get(ex.action_id)
-            if atlas_id is None or atlas_id not in self._loaded:
-                reason = f"action {ex.action_id} was not allowed by resolution {ex.resolution_id}"
-                emit("action.denied", {"action_id": ex.action_id, "reason": reason, "policy_id": RESOLUTION_GUARD_ID})
-                return response.done("denied", error={"code": "action_not_resolved", "message": reason})
-            loaded = self._loaded[atlas_id]
-
-            invalid = _check_parameters(loaded, ex.action_id, params)
-            if invalid is not None:
-                path, why = invalid
-                emit(
-                    "policy.violated",
-                    {
-                        "policy_id": PARAMETERS_GUARD_ID,
-                        "violation_type": "invalid_parameters",
-                        "details": {"path": path, "reason": why},
-                        "action_id": ex.action_id,
-                    },
+            key = ex.idempotency_key
+            if key is not None:
+                requested["idempotency_key"] = key
+                first = self._sessions.claim_idempotency_key(
+                    session.session_id, key, IdempotentCall(ex.action_id, args_hash, execution_id)
                 )
-                return response.done(
-                    "error",
-                    error={"code": "invalid_parameters", "message": f"{path or '/'}: {why}", "details": {"path": path}},
-                )
+                if first is not None:
+                    return self._repeat(first, ex.action_id, args_hash, requested, span, response)
 
+            denial = self._pre_checks(span, requested, record, session, ex.action_id, args_hash, approval_ticket, now)
+            if denial is not None:
+                return self._finish(session, key, response.done(denial[0], error=denial[1]))
+            approval = self._approvals.get(requested["approval_id"]) if "approval_id" in requested else None
+            loaded = self._loaded[record.actions[ex.action_id]]
             decision = loaded.compiled.evaluate(
                 EvalRequest(
                     action=ex.action_id,
                     agent=session.agent_id,
                     roles=session.roles,
                     risk_tier=loaded.compiled.effective_tier(ex.action_id, record.risk_tier),
-                    params=params,
+                    params=requested["parameters"],
                     context=record.context,
                     now=now,
                     session_id=session.session_id,
                     tenant_id=session.tenant_id,
-                    approved=approval is not None,
+                    approved=frozenset((approval.policy_id,)) if approval is not None else frozenset(),
                 )
             )
             executor = self._executors.get(ex.action_id)
-            if decision.effect is Effect.ALLOW and decision.charges and executor is not None:
-                breach = self._counters.consume(decision.charges, now.timestamp())
-                if breach is not None:
-                    decision = limit_exceeded(decision, breach)
-
-            if decision.effect is Effect.REQUIRES_APPROVAL:
-                pending = self._pending(session, ex.action_id, args_hash, params, decision, now)
-                emit("policy.evaluated", {**policy_event_payload(decision), "approval_id": pending.approval_id})
-                return response.done(
-                    "pending_approval",
-                    result={
-                        "approval_id": pending.approval_id,
-                        "policy_id": decision.policy_id,
-                        "reason": decision.reason,
-                    },
-                )
-            emit("policy.evaluated", policy_event_payload(decision))
-            if decision.effect is Effect.DENY:
-                if decision.details is not None and decision.policy_id is not None:
-                    emit(
-                        "policy.violated",
-                        {
-                            "policy_id": decision.policy_id,
-                            "violation_type": "rate_limit"
-                            if decision.reason_code == "rate_limit_exceeded"
-                            else "budget",
-                            "details": dict(decision.details),
-                            "action_id": ex.action_id,
-                        },
+            if decision.effect is Effect.ALLOW and executor is not None:
+                if approval is not None and not self._approvals.redeem(approval.approval_id):
+                    reason = f"approval {approval.approval_id} was already used"
+                    span.emit(
+                        "action.denied", {"action_id": ex.action_id, "reason": reason, "policy_id": RESOLUTION_GUARD_ID}
                     )
-                denied: dict[str, Any] = {"action_id": ex.action_id, "reason": decision.reason}
-                if decision.policy_id is not None:
-                    denied["policy_id"] = decision.policy_id
-                emit("action.denied", denied)
-                details: dict[str, Any] = {"policy_id": decision.policy_id}
-                if decision.retry_after is not None:
-                    details["retry_after"] = decision.retry_after
-                return response.done(
-                    "denied", error={"code": decision.reason_code, "message": decision.reason, "details": details}
-                )
-
+                    return self._finish(
+                        session, key, response.done("denied", error={"code": "invalid_approval", "message": reason})
+                    )
+                if decision.charges:
+                    breach = self._counters.consume(decision.charges, now.timestamp())
+                    if breach is not None:
+                        decision = limit_exceeded(decision, breach)
+            early = self._decided(span, session, decision, loaded, requested, args_hash, now, response)
+            if early is not None:
+                return self._finish(session, key, early)
             if executor is None:
                 message = f"no executor is registered for {ex.action_id}"
-                emit(
+                span.emit(
                     "action.failed",
                     {
                         "action_id": ex.action_id,
@@ -629,77 +523,188 @@ class Resolver:
                         "duration_ms": 0,
                     },
                 )
-                return response.done("error", error={"code": "no_executor", "message": message})
-            if approval is not None:
-                self._approvals.put(approval.decided("used"))
-            return self._run(executor, params, ex.action_id, execution_id, ex.resolution_id, response, span)
+                return self._finish(
+                    session, key, response.done("error", error={"code": "no_executor", "message": message})
+                )
 
-    def _run(
+        outcome = invoke(executor, arguments_json, loaded, ex.action_id, self._clock)  # without the lock
+
+        with self._lock:
+            span.resume(format_timestamp(self._clock.now()))
+            if outcome.error_code is not None:
+                span.emit(
+                    "action.failed",
+                    {
+                        "action_id": ex.action_id,
+                        "execution_id": execution_id,
+                        "error_code": outcome.error_code,
+                        "error_message": outcome.error_message,
+                        "duration_ms": outcome.duration_ms,
+                    },
+                )
+                done = response.done("error", error={"code": outcome.error_code, "message": outcome.error_message})
+            else:
+                span.emit(
+                    "action.executed",
+                    {
+                        "action_id": ex.action_id,
+                        "execution_id": execution_id,
+                        "resolution_id": ex.resolution_id,
+                        "duration_ms": outcome.duration_ms,
+                        "result_hash": outcome.result_hash,
+                    },
+                )
+                done = response.done("success", result=outcome.result)
+            return self._finish(session, key, done)
+
+    def _pre_checks(
         self,
-        executor: Executor,
-        params: dict[str, Any],
+        span: SpanRecorder,
+        requested: dict[str, Any],
+        record: ResolutionRecord,
+        session: Session,
         action_id: str,
-        execution_id: str,
-        resolution_id: str,
-        response: _Response,
-        span: _Span,
-    ) -> dict[str, Any]:
-        started = self._clock.now()
-        failure: tuple[str, str] | None = None
-        result: dict[str, Any] = {}
-        result_hash = ""
-        try:
-            value = executor(dict(params))
-        except Exception as exc:  # noqa: BLE001 - executors are the host's code; any failure is recorded, not raised
-            failure = ("executor_error", f"{type(exc).__name__}: {exc}"[:1000])
-        else:
-            result = value if isinstance(value, dict) else {"value": value}
+        args_hash: str,
+        ticket: str | None,
+        now: datetime,
+    ) -> tuple[str, dict[str, Any]] | None:
+        """Checks before any policy: the ticket, the resolution, the action, the arguments.
+
+        Records ``action.requested`` (with the approval it carries) and, when a
+        check fails, what failed; returns the response status and error then.
+        """
+
+        def refuse(code: str, reason: str) -> tuple[str, dict[str, Any]]:
+            span.emit("action.denied", {"action_id": action_id, "reason": reason, "policy_id": RESOLUTION_GUARD_ID})
+            return "denied", {"code": code, "message": reason}
+
+        approval_error = None
+        if ticket is not None:
             try:
-                result_hash = sha256_hex(canonical_json(result))
-            except (TypeError, ValueError) as exc:
-                failure = ("invalid_result", f"the executor returned something that is not JSON: {exc}"[:1000])
-        duration = max(0, int((self._clock.now() - started) / timedelta(milliseconds=1)))
-        if failure is not None:
-            code, message = failure
+                requested["approval_id"] = self._redeemable(ticket, session, action_id, args_hash, now).approval_id
+            except ApprovalError as exc:
+                approval_error = str(exc)
+        span.emit("action.requested", requested)
+        if approval_error is not None:
+            return refuse("invalid_approval", approval_error)
+        atlas_id = record.actions.get(action_id)
+        loaded = self._loaded.get(atlas_id) if atlas_id is not None else None
+        if loaded is None:
+            return refuse(
+                "action_not_resolved", f"action {action_id} was not allowed by resolution {record.resolution_id}"
+            )
+        if loaded.atlas.action(action_id) is None:
+            return refuse("action_not_declared", f"atlas {loaded.atlas.atlas_id} no longer declares {action_id}")
+        invalid = loaded.check_parameters(action_id, requested["parameters"])
+        if invalid is not None:
+            path, why = invalid
             span.emit(
-                "action.failed",
+                "policy.violated",
                 {
+                    "policy_id": PARAMETERS_GUARD_ID,
+                    "violation_type": "invalid_parameters",
+                    "details": {"path": path, "reason": why},
                     "action_id": action_id,
-                    "execution_id": execution_id,
-                    "error_code": code,
-                    "error_message": message,
-                    "duration_ms": duration,
                 },
             )
-            return response.done("error", error={"code": code, "message": message})
-        span.emit(
-            "action.executed",
-            {
-                "action_id": action_id,
-                "execution_id": execution_id,
-                "resolution_id": resolution_id,
-                "duration_ms": duration,
-                "result_hash": result_hash,
-            },
+            return "error", {
+                "code": "invalid_parameters",
+                "message": f"{path or '/'}: {why}",
+                "details": {"path": path},
+            }
+        return None
+
+    def _decided(
+        self,
+        span: SpanRecorder,
+        session: Session,
+        decision: Decision,
+        loaded: LoadedAtlas,
+        requested: dict[str, Any],
+        args_hash: str,
+        now: datetime,
+        response: ResponseBuilder,
+    ) -> dict[str, Any] | None:
+        """Record the decision; the response when the call stops here (approval or denial)."""
+        action_id = decision.action
+        if decision.effect is Effect.REQUIRES_APPROVAL:
+            pending = self._pending(session, loaded, action_id, args_hash, requested["parameters"], decision, now)
+            span.emit("policy.evaluated", {**policy_event_payload(decision), "approval_id": pending.approval_id})
+            result = {"approval_id": pending.approval_id, "policy_id": decision.policy_id, "reason": decision.reason}
+            return response.done("pending_approval", result=result)
+        span.emit("policy.evaluated", policy_event_payload(decision))
+        if decision.effect is Effect.ALLOW:
+            return None
+        if decision.details is not None and decision.policy_id is not None:
+            violation = "rate_limit" if decision.reason_code == "rate_limit_exceeded" else "budget"
+            span.emit(
+                "policy.violated",
+                {
+                    "policy_id": decision.policy_id,
+                    "violation_type": violation,
+                    "details": dict(decision.details),
+                    "action_id": action_id,
+                },
+            )
+        denied: dict[str, Any] = {"action_id": action_id, "reason": decision.reason}
+        if decision.policy_id is not None:
+            denied["policy_id"] = decision.policy_id
+        span.emit("action.denied", denied)
+        details: dict[str, Any] = {"policy_id": decision.policy_id}
+        if decision.retry_after is not None:
+            details["retry_after"] = decision.retry_after
+        return response.done(
+            "denied", error={"code": decision.reason_code, "message": decision.reason, "details": details}
         )
-        return response.done("success", result=result)
+
+    def _repeat(
+        self,
+        first: IdempotentCall,
+        action_id: str,
+        args_hash: str,
+        requested: dict[str, Any],
+        span: SpanRecorder,
+        response: ResponseBuilder,
+    ) -> dict[str, Any]:
+        """A call that reuses an idempotency key: the first call's response, never a second run."""
+        requested["duplicate_of"] = first.execution_id
+        span.emit("action.requested", requested)
+        if (first.action_id, first.arguments_hash) != (action_id, args_hash):
+            reason = "the idempotency key was already used for a different call"
+            span.emit("action.denied", {"action_id": action_id, "reason": reason, "policy_id": RESOLUTION_GUARD_ID})
+            return response.done("denied", error={"code": "idempotency_key_reused", "message": reason})
+        if first.response is None:
+            message = "the first call with this idempotency key is still running"
+            return response.done("error", error={"code": "idempotency_key_in_progress", "message": message})
+        return dict(json.loads(json.dumps(first.response)))
+
+    def _finish(self, session: Session, key: str | None, done: dict[str, Any]) -> dict[str, Any]:
+        if key is not None:
+            self._sessions.complete_idempotency_key(session.session_id, key, json.loads(json.dumps(done)))
+        return done
 
     # -- approvals ------------------------------------------------------------
 
     def _pending(
         self,
         session: Session,
+        loaded: LoadedAtlas,
         action_id: str,
         args_hash: str,
         params: dict[str, Any],
         decision: Decision,
         now: datetime,
     ) -> Approval:
-        for existing in self._approvals.list(session_id=session.session_id, status="pending"):
-            if existing.action_id == action_id and existing.arguments_hash == args_hash:
-                return existing
         requirement = decision.approval
         assert requirement is not None
+        for existing in self._approvals.list(session_id=session.session_id, status="pending"):
+            if (existing.action_id, existing.arguments_hash, existing.policy_id, existing.atlas_digest) == (
+                action_id,
+                args_hash,
+                requirement.policy_id,
+                loaded.atlas.digest,
+            ):
+                return existing
         approval = Approval(
             approval_id=self._ids.new_id(),
             tenant_id=session.tenant_id,
@@ -707,8 +712,9 @@ class Resolver:
             agent_id=session.agent_id,
             action_id=action_id,
             arguments_hash=args_hash,
-            parameters=params,
+            parameters=json.loads(canonical_json(params)),
             policy_id=requirement.policy_id,
+            atlas_digest=loaded.atlas.digest,
             reason=requirement.reason,
             approver_roles=requirement.approver_roles,
             ticket_ttl_seconds=requirement.ticket_ttl_seconds,
@@ -738,7 +744,7 @@ class Resolver:
             raise ApprovalError(
                 f"approving {approval.action_id} needs one of the roles {list(approval.approver_roles)}"
             )
-        return approval, self.get_session(approval.session_id)
+        return approval, self._active(approval.session_id)
 
     def approve(
         self, approval_id: str, *, approver: str, approver_roles: Iterable[str] = (), comment: str | None = None
@@ -786,6 +792,7 @@ class Resolver:
             return approval
 
     def _redeemable(self, token: str, session: Session, action_id: str, args_hash: str, now: datetime) -> Approval:
+        """The approval a ticket presents, if it is genuine, unused, unexpired and for exactly this call."""
         claims = read_ticket(self._signer, token)
         approval = self._approvals.get(claims["aid"])
         if approval is None:
@@ -794,27 +801,43 @@ class Resolver:
             raise ApprovalError(f"approval {approval.approval_id} was already used")
         if approval.status != "approved":
             raise ApprovalError(f"approval {approval.approval_id} is {approval.status}")
+        owner = next((x for x in self._loaded.values() if x.atlas.action(action_id) is not None), None)
         binding = {
             "tenant": session.tenant_id,
             "sid": session.session_id,
             "agent": session.agent_id,
             "action": action_id,
             "args": args_hash,
+            "pol": approval.policy_id,
+            "dig": owner.atlas.digest if owner is not None else None,
         }
-        for key, value in binding.items():
-            if claims[key] != value:
-                what = "arguments" if key == "args" else {"sid": "session", "tenant": "tenant"}.get(key, key)
-                raise ApprovalError(f"approval ticket was issued for a different {what}")
+        names = {"sid": "session", "args": "arguments", "pol": "approval policy", "dig": "version of the atlas"}
+        for claim, value in binding.items():
+            if claims[claim] != value:
+                raise ApprovalError(f"approval ticket was issued for a different {names.get(claim, claim)}")
         if now.timestamp() >= claims["exp"]:
             raise ApprovalError(f"approval ticket expired at {format_timestamp(approval.expires_at or now)}")
         return approval
 
     # -- internals ------------------------------------------------------------
 
-    def _span(self, session: Session, at: datetime, *, root: bool = False) -> _Span:
+    def _span(self, session: Session, at: datetime, *, root: bool = False) -> SpanRecorder:
         """A recorder for one operation's events (call with the lock held)."""
-        span_id = session.root_span_id if root else self._ids.new_id()
-        return _Span(self, session, span_id, None if root else session.root_span_id, format_timestamp(at))
+        return SpanRecorder(
+            events=self._events,
+            ids=self._ids,
+            sinks=self._sinks,
+            session=session,
+            span_id=session.root_span_id if root else self._ids.new_id(),
+            parent=None if root else session.root_span_id,
+            stamp=format_timestamp(at),
+        )
+
+    def _record_error(self, session: Session, now: datetime, req: CarpRequest, exc: Exception) -> None:
+        code = getattr(exc, "code", "error")
+        self._span(session, now).emit(
+            "error.occurred", {"code": code, "message": str(exc), "request_id": req.request_id}
+        )
 
     def _active(self, session_id: str) -> Session:
         session = self.get_session(session_id)
@@ -822,30 +845,39 @@ class Resolver:
             raise SessionError(f"session {session_id} has ended")
         return session
 
-    def _session_for(self, req: CarpRequest) -> Session:
+    def _admit(self, req: CarpRequest) -> tuple[Session, datetime]:
+        """The session a request acts in, and now. Checks the agent, the request id and the clock."""
         session = self._active(req.session_id)
-        if session.agent_id != req.agent_id:
-            raise SessionError(f"session {req.session_id} belongs to another agent")
-        return session
+        now = self._clock.now()
+        try:
+            if session.agent_id != req.agent_id:
+                raise SessionError(f"session {req.session_id} belongs to another agent")
+            sent = parse_timestamp(req.timestamp, "/timestamp")
+            skew = abs((now - sent).total_seconds())
+            if skew > self._skew:
+                raise ResolutionError(
+                    f"request timestamp is {int(skew)}s away from the runtime's clock (limit {self._skew}s)"
+                )
+            if not self._sessions.claim_request_id(session.session_id, req.request_id):
+                raise ResolutionError(f"request id {req.request_id} was already used in this session")
+        except (SessionError, ResolutionError) as exc:
+            self._record_error(session, now, req, exc)
+            raise
+        return session, now
 
-    def _admit(self, session: Session, req: CarpRequest, now: datetime) -> None:
-        """Replay and freshness checks shared by resolve and execute."""
-        sent = parse_timestamp(req.timestamp, "/timestamp")
-        skew = abs((now - sent).total_seconds())
-        if skew > self._skew:
-            raise ResolutionError(
-                f"request timestamp is {int(skew)}s away from the runtime's clock (limit {self._skew}s)"
-            )
-        if not self._sessions.claim_request_id(session.session_id, req.request_id):
-            raise ResolutionError(f"request id {req.request_id} was already used in this session")
-
-    def _select_atlases(self, atlas_ids: Sequence[str] | None) -> list[_Loaded]:
-        if atlas_ids is None:
+    def _select_atlases(self, session: Session, req: CarpRequest) -> list[LoadedAtlas]:
+        """The atlases a resolve consults: the request's, within the session's if it has any."""
+        if req.atlas_ids is not None and session.atlas_ids is not None:
+            outside = [a for a in req.atlas_ids if a not in session.atlas_ids]
+            if outside:
+                raise ResolutionError(f"the session is confined to {list(session.atlas_ids)}; not {outside}")
+        wanted = req.atlas_ids or session.atlas_ids
+        if wanted is None:
             if not self._loaded:
                 raise ResolutionError("no atlas is loaded")
             return list(self._loaded.values())
         out = []
-        for aid in atlas_ids:
+        for aid in wanted:
             loaded = self._loaded.get(aid)
             if loaded is None:
                 raise NotFoundError("atlas", aid)
@@ -853,94 +885,9 @@ class Resolver:
         return out
 
 
-class _Span:
-    """Records the events of one operation: one span, one timestamp, consecutive in the chain.
-
-    The resolver's lock is held for the whole operation, so the chain cannot
-    move underneath it.
-    """
-
-    __slots__ = ("_parent", "_previous", "_resolver", "_session", "_span_id", "stamp")
-
-    def __init__(self, resolver: Resolver, session: Session, span_id: str, parent: str | None, stamp: str) -> None:
-        self._resolver = resolver
-        self._session = session
-        self._span_id = span_id
-        self._parent = parent
-        self.stamp = stamp
-        self._previous = resolver._events.last(session.session_id)
-
-    def emit(self, event_type: str, payload: Mapping[str, Any], payload_json: str | None = None) -> TraceEvent:
-        """Append an event to the chain and hand it to the sinks.
-
-        ``payload_json`` is the payload's canonical JSON when the caller has it.
-        """
-        r = self._resolver
-        event = build_event(
-            self._previous,
-            event_id=r._ids.new_id(),
-            trace_id=self._session.trace_id,
-            span_id=self._span_id,
-            parent_span_id=self._parent,
-            session_id=self._session.session_id,
-            timestamp=self.stamp,
-            event_type=event_type,
-            payload=payload,
-            payload_json=payload_json,
-        )
-        r._events.append(event)
-        for sink in r._sinks:
-            sink.emit(event)
-        self._previous = event
-        return event
-
-
-class _Response:
-    """Builds CARP execute responses for one call."""
-
-    def __init__(self, req: CarpRequest, execution_id: str, trace_id: str, clock: Clock) -> None:
-        assert req.execution is not None
-        self._base = {
-            "carp_version": CARP_VERSION,
-            "execution_id": execution_id,
-            "request_id": req.request_id,
-            "resolution_id": req.execution.resolution_id,
-        }
-        self._trace_id = trace_id
-        self._clock = clock
-
-    def done(
-        self, status: str, *, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {**self._base, "timestamp": format_timestamp(self._clock.now()), "status": status}
-        if result is not None:
-            out["result"] = result
-        if error is not None:
-            out["error"] = error
-        out["trace_id"] = self._trace_id
-        return out
-
-
-def _allowed(verdict: ActionVerdict) -> dict[str, Any]:
-    out = verdict.action.to_allowed_action()
-    if verdict.decision.effect is Effect.REQUIRES_APPROVAL:
-        out["requires_confirmation"] = True
-    return out
-
-
-def _denied(decision: Decision) -> dict[str, Any]:
-    out = {"action_id": decision.action, "reason": decision.reason}
-    if decision.policy_id is not None:
-        out["policy_id"] = decision.policy_id
-    return out
-
-
-def _check_parameters(loaded: _Loaded, action_id: str, params: dict[str, Any]) -> tuple[str, str] | None:
-    validator = loaded.validators.get(action_id)
-    if validator is None:
-        return None
-    try:
-        validator(params)
-    except ValidationError as exc:
-        return exc.path, exc.reason
-    return None
+def _parse(request: Mapping[str, Any] | CarpRequest, operation: str) -> CarpRequest:
+    """Validate a CARP request (a typed one too) and check its operation."""
+    req = parse_carp_request(request.to_dict() if isinstance(request, CarpRequest) else request)
+    if req.operation != operation or (operation == "execute" and req.execution is None):
+        raise ProtocolError("/operation", f"{operation}() takes a {operation!r} request, not {req.operation!r}")
+    return req

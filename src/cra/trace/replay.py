@@ -110,7 +110,7 @@ def replay(events: Sequence[TraceEvent], policies: Sequence[CompiledPolicy]) -> 
     items: list[ReplayItem] = []
     problems: list[str] = []
     resolutions: dict[str, tuple[str | None, Mapping[str, Any]]] = {}
-    approved: set[str] = set()
+    approved: dict[str, str] = {}  # approval id -> the approval policy it satisfies
     pending_resolve: list[Decision] = []
     resolve_inputs: tuple[str | None, Mapping[str, Any]] = (None, {})
     call: tuple[EvalRequest, CompiledPolicy] | None = None
@@ -124,12 +124,12 @@ def replay(events: Sequence[TraceEvent], policies: Sequence[CompiledPolicy]) -> 
             now = None
         kind = event.event_type
         if kind == "session.started":
-            meta = p.get("metadata") if isinstance(p.get("metadata"), dict) else {}
-            assert isinstance(meta, dict)
+            roles = p.get("roles") if isinstance(p.get("roles"), list) else []
+            assert isinstance(roles, list)
             session = _Session(
                 agent=str(p.get("agent_id", "")),
-                roles=frozenset(r for r in meta.get("roles", []) if isinstance(r, str)),
-                tenant=str(meta.get("tenant_id", "default")),
+                roles=frozenset(r for r in roles if isinstance(r, str)),
+                tenant=str(p.get("tenant_id", "default")),
                 session_id=event.session_id,
             )
         elif kind == "carp.request.received" and p.get("operation") == "resolve":
@@ -163,7 +163,7 @@ def replay(events: Sequence[TraceEvent], policies: Sequence[CompiledPolicy]) -> 
             pending_resolve = []
             resolutions[str(p.get("resolution_id"))] = resolve_inputs
         elif kind == "action.approved":
-            approved.add(str(p.get("approval_id")))
+            approved[str(p.get("approval_id"))] = str(p.get("policy_id"))
         elif kind == "action.requested":
             action = str(p.get("action_id"))
             params = p.get("parameters")
@@ -187,7 +187,9 @@ def replay(events: Sequence[TraceEvent], policies: Sequence[CompiledPolicy]) -> 
                     now=now,
                     session_id=session.session_id,
                     tenant_id=session.tenant,
-                    approved=str(p.get("approval_id")) in approved,
+                    approved=frozenset(
+                        (approved[str(p["approval_id"])],) if str(p.get("approval_id")) in approved else ()
+                    ),
                 ),
                 compiled,
             )

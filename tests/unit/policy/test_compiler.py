@@ -100,8 +100,14 @@ def test_approval_applies_only_to_what_an_allow_grants() -> None:
 
 def test_a_valid_approval_satisfies_the_approval_phase() -> None:
     e = engine(policy("ask", "require_approval"), ALLOW_ALL)
-    assert outcome(call(e, approved=True)) == (Effect.ALLOW, "allow-all", "policy_allow")
-    assert [s.outcome for s in call(e, approved=True).steps][:1] == ["satisfied"]
+    assert outcome(call(e, approved=frozenset({"ask"}))) == (Effect.ALLOW, "allow-all", "policy_allow")
+    assert [s.outcome for s in call(e, approved=frozenset({"ask"})).steps][:1] == ["satisfied"]
+
+
+def test_an_approval_satisfies_only_its_own_policy() -> None:
+    e = engine(policy("ask", "require_approval"), policy("ask-too", "require_approval", priority=-1), ALLOW_ALL)
+    assert outcome(call(e, approved=frozenset({"ask"}))) == (Effect.REQUIRES_APPROVAL, "ask-too", "approval_required")
+    assert outcome(call(e, approved=frozenset({"other"}))) == (Effect.REQUIRES_APPROVAL, "ask", "approval_required")
 
 
 def test_approval_beats_limits_and_limits_never_grant() -> None:
@@ -698,7 +704,7 @@ def reference_decision(
     roles: frozenset[str],
     context: dict[str, Any],
     params: Any,
-    approved: bool,
+    approved: frozenset[str],
 ) -> tuple[Effect, str | None, str]:
     """DESIGN §3 and docs/policies.md, written out plainly."""
     ordered = sorted(policies, key=lambda p: -p.get("priority", 0))  # a stable sort keeps declaration order
@@ -713,9 +719,9 @@ def reference_decision(
     for pid, result in matching("deny"):
         if result in (T, U):  # unknown restricts
             return Effect.DENY, pid, "policy_deny" if result == T else "unknown_attribute"
-    approval = None
-    if not approved:
-        approval = next((pid for pid, result in matching("require_approval") if result in (T, U)), None)
+    approval = next(
+        (pid for pid, result in matching("require_approval") if result in (T, U) and pid not in approved), None
+    )
     allows = matching("allow")
     granted = next((pid for pid, r in allows if r == T), None) or next((pid for pid, r in allows if r == D), None)
     if granted is None:
@@ -732,7 +738,7 @@ def reference_decision(
     roles=st.frozensets(st.sampled_from(["a", "b", "c"])),
     context=st.sampled_from([{}, {"k": "x"}, {"k": "y"}, {"k": 1}]),
     params=st.sampled_from([None, {}, {"n": 0}, {"n": 1}, {"n": 3}, {"n": "3"}]),
-    approved=st.booleans(),
+    approved=st.sampled_from([frozenset(), frozenset({"p0"}), frozenset({"p1", "p2"}), frozenset(f"p{i}" for i in range(8))]),
 )
 def test_engine_agrees_with_a_reference_evaluator(
     policies: list[dict[str, Any]],
@@ -740,7 +746,7 @@ def test_engine_agrees_with_a_reference_evaluator(
     roles: frozenset[str],
     context: dict[str, Any],
     params: Any,
-    approved: bool,
+    approved: frozenset[str],
 ) -> None:
     compiled = engine(*policies, actions=PROP_ACTIONS)
     request = EvalRequest(action, "bot", roles, params=params, context=context, approved=approved)
