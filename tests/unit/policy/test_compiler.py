@@ -731,6 +731,9 @@ def reference_decision(
     return Effect.ALLOW, granted, "policy_allow"
 
 
+APPROVAL_SETS = [frozenset(), frozenset({"p0"}), frozenset({"p1", "p2"}), frozenset(f"p{i}" for i in range(8))]
+
+
 @settings(max_examples=600, derandomize=True, deadline=None)
 @given(
     policies=policy_sets(),
@@ -738,7 +741,7 @@ def reference_decision(
     roles=st.frozensets(st.sampled_from(["a", "b", "c"])),
     context=st.sampled_from([{}, {"k": "x"}, {"k": "y"}, {"k": 1}]),
     params=st.sampled_from([None, {}, {"n": 0}, {"n": 1}, {"n": 3}, {"n": "3"}]),
-    approved=st.sampled_from([frozenset(), frozenset({"p0"}), frozenset({"p1", "p2"}), frozenset(f"p{i}" for i in range(8))]),
+    approved=st.sampled_from(APPROVAL_SETS),
 )
 def test_engine_agrees_with_a_reference_evaluator(
     policies: list[dict[str, Any]],
