@@ -209,6 +209,12 @@ def compile_context(atlas: Atlas) -> ContextCatalog:
     capabilities = {c.capability_id: frozenset(c.actions) for c in atlas.capabilities}
     packs = []
     for spec in atlas.context_packs:
+        if "capabilities" in spec.conditions:
+            reason = (
+                "a context pack has no action for 'capabilities' to test; "
+                "list the pack in the capability's context_packs instead"
+            )
+            raise atlas.locate(AtlasError(f"/context_packs/{spec.index}/conditions/capabilities", reason))
         try:
             conds = compile_conditions(
                 spec.conditions, f"/context_packs/{spec.index}/conditions", capabilities=capabilities

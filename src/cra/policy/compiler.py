@@ -151,8 +151,20 @@ class CompiledPolicy:
         return requested if _TIER_RANK[requested] > _TIER_RANK[declared] else declared
 
     def evaluate(self, req: EvalRequest, steps: list[Step] | None = None) -> Decision:
-        """Decide ``req``. With ``steps``, also record every policy considered."""
-        ar = self._index.get(req.action) or self._rules_for(req.action)
+        """Decide ``req``. With ``steps``, also record every policy considered.
+
+        An atlas that declares actions knows all of them: any other action is
+        denied (``unknown_action``). An atlas that declares none is governed by
+        its policies' patterns alone.
+        """
+        ar = self._index.get(req.action)
+        if ar is None:
+            if self.atlas.actions:
+                reason = f"{req.action} is not an action of atlas {self.atlas.atlas_id}"
+                if steps is not None:
+                    steps.append(Step("(unknown action)", "default", "decides", reason))
+                return self._decision(req, Effect.DENY, None, "unknown_action", reason)
+            ar = self._rules_for(req.action)
         resolving = req.params is None
         constraints: list[str] | None = None
 
@@ -180,7 +192,8 @@ class CompiledPolicy:
 
         approval: Rule | None = None
         for rule in ar.approval:
-            if rule.policy_id in req.approved:
+            if rule.policy_id in req.approved or (rule.implicit and req.approved):
+                # a requires_confirmation action is confirmed by any approval of this very call
                 if steps is not None:
                     steps.append(Step(rule.policy_id, "require_approval", "satisfied", "the call carries its approval"))
                 continue
@@ -425,12 +438,33 @@ def _compile_rule(atlas: Atlas, index: int, capabilities: Mapping[str, frozenset
 def compile_atlas(atlas: Atlas) -> CompiledPolicy:
     """Compile ``atlas``. Unknown policy types, condition keys, operators and
     parameters are :class:`~cra.errors.PolicyError`\\ s naming their JSON path."""
+    if not atlas.policies:
+        raise atlas.locate(
+            PolicyError("/policies", "an atlas without policies would deny everything; declare at least one policy")
+        )
     capabilities = {c.capability_id: frozenset(c.actions) for c in atlas.capabilities}
     try:
         rules = [_compile_rule(atlas, i, capabilities) for i in range(len(atlas.policies))]
     except PolicyError as exc:
         raise atlas.locate(exc) from None
     for action in atlas.actions:
+        if action.requires_confirmation:
+            reason = f"Action {action.action_id} requires a human's confirmation"
+            rules.append(
+                Rule(
+                    policy_id=f"cra:confirmation:{action.action_id}",
+                    type="require_approval",
+                    priority=0,
+                    index=len(atlas.policies) + action.index,
+                    patterns=(action.action_id,),
+                    matchers=(action.action_id.__eq__,),
+                    conditions=(),
+                    reason=reason,
+                    parameters={},
+                    approval=ApprovalRequirement(f"cra:confirmation:{action.action_id}", reason),
+                    implicit=True,
+                )
+            )
         if action.rate_limit is not None:
             rules.append(
                 Rule(

@@ -165,7 +165,7 @@ class LimitBreach:
 
     charge: Charge
     used: int | float
-    retry_after: int
+    retry_after: int | None  # None: the charge alone exceeds the limit, so no wait helps
 
 
 def limit_exceeded(decision: Decision, breach: LimitBreach) -> Decision:
@@ -178,7 +178,10 @@ def limit_exceeded(decision: Decision, breach: LimitBreach) -> Decision:
             "budget_exceeded",
             f"budget {charge.policy_id}: {breach.used} of {charge.limit} used, {charge.amount} more asked",
         )
-    reason = f"{what} in {charge.window_seconds}s; retry after {breach.retry_after}s"
+    if breach.retry_after is None:
+        reason = f"{what} in {charge.window_seconds}s; the call alone exceeds the limit"
+    else:
+        reason = f"{what} in {charge.window_seconds}s; retry after {breach.retry_after}s"
     step = Step(charge.policy_id, charge.kind, "decides", reason)
     return decision._replace(
         effect=Effect.DENY,
@@ -192,7 +195,7 @@ def limit_exceeded(decision: Decision, breach: LimitBreach) -> Decision:
             "limit": charge.limit,
             "requested": charge.amount,
             "window_seconds": charge.window_seconds,
-            "retry_after": breach.retry_after,
+            **({} if breach.retry_after is None else {"retry_after": breach.retry_after}),
         },
         extra_steps=(*decision.extra_steps, step),
     )

@@ -71,8 +71,10 @@ def read_package(path: str | os.PathLike[str]) -> dict[str, bytes]:
         if folder.is_dir():
             for child in sorted(folder.glob("*.json")):
                 data = _read(root, f"{section}/{child.name}")
-                if data is not None:
-                    package[f"{section}/{child.name}"] = data
+                if data is None:
+                    reason = "not a readable file inside the package (a broken or escaping symlink, or a folder)"
+                    raise AtlasError("", reason, source=str(child))
+                package[f"{section}/{child.name}"] = data
     try:
         manifest = parse_json(manifest_bytes, source=None, error=AtlasError)
     except AtlasError:

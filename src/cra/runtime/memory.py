@@ -49,6 +49,8 @@ class MemoryCounters:
         used = sum(amount for _, amount in hits)
         if used + charge.amount <= charge.limit:
             return None
+        if charge.amount > charge.limit:
+            return LimitBreach(charge, used, None)
         # The earliest moment enough of the window has expired for this charge to fit.
         freed = 0.0
         wait = float(charge.window_seconds)

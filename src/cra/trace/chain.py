@@ -27,13 +27,16 @@ def verify_chain(events: Sequence[TraceEvent]) -> None:
     for i, event in enumerate(events):
         if event.session_id != session:
             raise ChainError("session_mismatch", i, f"event belongs to session {event.session_id}, not {session}")
-        if event.sequence != i:
-            raise ChainError("sequence_gap", i, f"expected sequence {i}, found {event.sequence}")
+        if type(event.sequence) is not int or event.sequence != i:
+            raise ChainError("sequence_gap", i, f"expected sequence {i}, found {event.sequence!r}")
         if event.previous_event_hash != expected_prev:
             raise ChainError(
                 "chain_broken", i, f"previous_event_hash is {event.previous_event_hash}, expected {expected_prev}"
             )
-        actual = event.recompute_hash()
+        try:
+            actual = event.recompute_hash()
+        except (TypeError, ValueError) as exc:
+            raise ChainError("hash_mismatch", i, f"the event cannot be hashed: {exc}") from None
         if actual != event.event_hash:
             raise ChainError("hash_mismatch", i, f"event_hash is {event.event_hash}, the event hashes to {actual}")
         expected_prev = event.event_hash

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from cra.context.select import ContextCatalog, ContextSelection, compile_context, estimate_tokens, words
-from cra.errors import PolicyError
+from cra.errors import AtlasError, PolicyError
 from cra.policy.decision import EvalRequest
 from cra.protocol.atlas import parse_atlas
 
@@ -151,8 +151,14 @@ def test_conditions_that_hold_admit() -> None:
 
 def test_bad_pack_conditions_are_load_errors() -> None:
     with pytest.raises(PolicyError) as info:
-        catalog([pack("p"), pack("q", conditions={"capabilities": ["nope"]})])
-    assert info.value.path == "/context_packs/1/conditions/capabilities/0"
+        catalog([pack("p"), pack("q", conditions={"time_window": {"timezone": "Mars/Olympus"}})])
+    assert info.value.path == "/context_packs/1/conditions/time_window/timezone"
+
+
+def test_capabilities_is_not_a_pack_condition() -> None:
+    with pytest.raises(AtlasError) as info:
+        catalog([pack("p"), pack("q", conditions={"capabilities": ["refunds"]})])
+    assert info.value.path == "/context_packs/1/conditions/capabilities"
 
 
 # -- ordering --------------------------------------------------------------------------------------------------------

@@ -127,11 +127,16 @@ def test_a_limit_that_cannot_count_beats_allow() -> None:
 
 
 def test_default_deny_when_nothing_allows() -> None:
-    for e in (engine(), engine(policy("allow-reports", "allow", ["report.*"]))):
-        d = call(e)
-        assert outcome(d) == (Effect.DENY, None, "default_deny")
-        assert "refund.create" in d.reason
-        assert d.to_dict()["policy_id"] is None
+    d = call(engine(policy("allow-reports", "allow", ["report.*"])))
+    assert outcome(d) == (Effect.DENY, None, "default_deny")
+    assert "refund.create" in d.reason
+    assert d.to_dict()["policy_id"] is None
+
+
+def test_an_atlas_without_policies_is_refused() -> None:
+    with pytest.raises(PolicyError) as info:
+        engine()
+    assert info.value.path == "/policies"
 
 
 def test_a_policy_without_actions_covers_every_action_and_an_empty_list_none() -> None:
@@ -145,10 +150,27 @@ def test_patterns_are_whole_id_globs() -> None:
     assert call(e, "report.read").effect is Effect.DENY  # 'report' is not a prefix match
 
 
-def test_undeclared_actions_are_evaluated_too() -> None:
+def test_an_atlas_with_actions_denies_any_other_action() -> None:
     e = engine(policy("allow-refunds", "allow", ["refund.*"]))
+    assert outcome(call(e, "refund.partial.create")) == (Effect.DENY, None, "unknown_action")
+    assert call(e, "refund.partial.create").steps[0].outcome == "decides"
+
+
+def test_an_atlas_without_actions_is_governed_by_its_patterns() -> None:
+    e = engine(policy("allow-refunds", "allow", ["refund.*"]), actions=())
     assert call(e, "refund.partial.create").policy_id == "allow-refunds"
-    assert call(e, "payroll.run").effect is Effect.DENY
+    assert outcome(call(e, "payroll.run")) == (Effect.DENY, None, "default_deny")
+
+
+def test_requires_confirmation_is_an_approval_that_any_approval_of_the_call_satisfies() -> None:
+    actions = [{"action_id": "wire.send", "name": "w", "description": "w", "requires_confirmation": True}]
+    e = engine(policy("ask", "require_approval", ["wire.*"], priority=-1), ALLOW_ALL, actions=actions)
+    assert outcome(call(e, "wire.send")) == (
+        Effect.REQUIRES_APPROVAL,
+        "cra:confirmation:wire.send",
+        "approval_required",
+    )
+    assert outcome(call(e, "wire.send", approved=frozenset({"ask"}))) == (Effect.ALLOW, "allow-all", "policy_allow")
 
 
 # -- priorities ------------------------------------------------------------------------------------------------------
@@ -324,7 +346,7 @@ def test_resolution_over_required_capabilities_only() -> None:
 
 def test_resolution_decision_types() -> None:
     assert summarize([])[0] == "deny"
-    assert summarize(verdicts_for(engine()))[0] == "deny"
+    assert summarize(verdicts_for(engine(policy("nothing", "allow", []))))[0] == "deny"
     assert summarize(verdicts_for(engine(ALLOW_ALL)))[0] == "allow"
     assert summarize(verdicts_for(engine(ALLOW_ALL, policy("ask", "require_approval", ["deploy.*"]))))[0] == (
         "requires_approval"
@@ -522,7 +544,7 @@ def test_a_decision_without_origin_explains_its_extra_steps_only() -> None:
     assert d.allowed
     assert d.steps == ()
     assert d.explain() == "allow refund.create: Allowed by policy allow-all (policy_allow, policy allow-all)"
-    assert not call(engine()).allowed
+    assert not call(engine(policy("nothing", "allow", []))).allowed
 
 
 # -- risk tiers ------------------------------------------------------------------------------------------------------
@@ -660,7 +682,7 @@ PROP_ACTIONS = ["refund.create", "refund.read", "deploy.prod"]
 @st.composite
 def policy_sets(draw: st.DrawFn) -> list[dict[str, Any]]:
     out = []
-    for i in range(draw(st.integers(0, 7))):
+    for i in range(draw(st.integers(1, 7))):
         p: dict[str, Any] = {"policy_id": f"p{i}", "type": draw(st.sampled_from(["deny", "require_approval", "allow"]))}
         if draw(st.booleans()):
             p["priority"] = draw(st.integers(-2, 2))
