@@ -165,6 +165,7 @@ def test_trace_verify_names_the_first_failure(tmp_path: Path, atlas_file: Path) 
     events[2]["payload"]["result"] = "allow" if events[2]["payload"]["result"] == "deny" else "deny"
     tampered = tmp_path / "tampered.trace.jsonl"
     tampered.write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert cra("trace", "replay", tampered, "--atlas", atlas_file).returncode == 1
     bad = cra("trace", "verify", tampered, "--json")
     assert bad.returncode == 1
     assert {k: json.loads(bad.stdout)[k] for k in ("valid", "error", "index")} == {

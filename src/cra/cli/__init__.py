@@ -1,8 +1,9 @@
 """The ``cra`` command line (Typer). Thin: every command calls the library.
 
-Exit codes: 0 success; 1 the answer is negative (a chain that does not verify,
-lint findings, failing atlas tests, a replay that differs); 2 the input is
-invalid (a malformed atlas, request or trace, a missing file).
+Exit codes: 0 success; 1 the answer is negative (a trace that does not verify,
+malformed or tampered, lint findings, failing atlas tests, a replay that
+differs); 2 the input is unusable (a malformed atlas or request, a missing file,
+a batch with invalid lines).
 """
 
 from __future__ import annotations

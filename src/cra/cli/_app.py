@@ -114,6 +114,8 @@ def atlas_lint(path: AtlasArg, as_json: JsonFlag = False) -> None:
     except CRAError as exc:
         fail(exc, as_json=as_json)
     findings = lint_atlas(atlas)
+    if any(f.code == "invalid" for f in findings):
+        fail(f"{path}: {findings[0].path or '/'}: {findings[0].message}", as_json=as_json)
     if as_json:
         print_json({"atlas_id": atlas.atlas_id, "findings": [f.to_dict() for f in findings]})
     else:

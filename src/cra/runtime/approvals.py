@@ -1,8 +1,10 @@
 """Human approvals: pending requests, and the signed single-use tickets they yield.
 
 A ticket is bound to the tenant, session, agent, action, the SHA-256 of the
-call's canonical arguments, the approval policy it satisfies and the digest of
-the atlas that asked for it, and it expires. It reads
+call's canonical arguments, the approval policies it satisfies and the digest
+of the atlas that asked for it, and it expires. A call that needs several
+approvals gathers them one by one: each new approval is asked for while the
+call carries the previous ticket, and its own ticket satisfies them all. It reads
 ``base64url(canonical claims) "." signature``; the signature comes from the
 runtime's :class:`~cra.runtime.ports.Signer`.
 """
@@ -13,22 +15,17 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
 from cra.errors import ApprovalError
-from cra.protocol.canonical import canonical_json, sha256_hex
+from cra.protocol.canonical import canonical_json
 from cra.runtime.ports import Signer
 
-__all__ = ["Approval", "ApprovalTicket", "arguments_hash", "issue_ticket", "read_ticket"]
+__all__ = ["Approval", "ApprovalTicket", "issue_ticket", "read_ticket"]
 
 ApprovalStatus = Literal["pending", "approved", "denied", "used"]
-
-
-def arguments_hash(params: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of a call's arguments."""
-    return sha256_hex(canonical_json(params))
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +41,9 @@ class Approval:
     parameters: Mapping[str, Any]
     policy_id: str
     atlas_digest: str
+    #: Every approval policy a ticket for this approval satisfies: those of the
+    #: approvals the call already carried when it was asked for, then its own.
+    satisfies: tuple[str, ...]
     reason: str
     approver_roles: tuple[str, ...]
     ticket_ttl_seconds: int
@@ -53,7 +53,6 @@ class Approval:
     comment: str | None = None
     decided_at: datetime | None = None
     expires_at: datetime | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def decided(self, status: ApprovalStatus, **changes: Any) -> Approval:
         return replace(self, status=status, **changes)
@@ -87,7 +86,7 @@ def issue_ticket(signer: Signer, approval: Approval) -> ApprovalTicket:
         "agent": approval.agent_id,
         "action": approval.action_id,
         "args": approval.arguments_hash,
-        "pol": approval.policy_id,
+        "pol": list(approval.satisfies),
         "dig": approval.atlas_digest,
         "exp": int(approval.expires_at.timestamp()),
     }

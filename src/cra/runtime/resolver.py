@@ -491,7 +491,7 @@ class Resolver:
                     now=now,
                     session_id=session.session_id,
                     tenant_id=session.tenant_id,
-                    approved=frozenset((approval.policy_id,)) if approval is not None else frozenset(),
+                    approved=frozenset(approval.satisfies) if approval is not None else frozenset(),
                 )
             )
             executor = self._executors.get(ex.action_id)
@@ -508,7 +508,7 @@ class Resolver:
                     breach = self._counters.consume(decision.charges, now.timestamp())
                     if breach is not None:
                         decision = limit_exceeded(decision, breach)
-            early = self._decided(span, session, decision, loaded, requested, args_hash, now, response)
+            early = self._decided(span, session, decision, loaded, requested, args_hash, now, response, approval)
             if early is not None:
                 return self._finish(session, key, early)
             if executor is None:
@@ -624,11 +624,14 @@ class Resolver:
         args_hash: str,
         now: datetime,
         response: ResponseBuilder,
+        carried: Approval | None,
     ) -> dict[str, Any] | None:
         """Record the decision; the response when the call stops here (approval or denial)."""
         action_id = decision.action
         if decision.effect is Effect.REQUIRES_APPROVAL:
-            pending = self._pending(session, loaded, action_id, args_hash, requested["parameters"], decision, now)
+            pending = self._pending(
+                session, loaded, action_id, args_hash, requested["parameters"], decision, now, carried
+            )
             span.emit("policy.evaluated", {**policy_event_payload(decision), "approval_id": pending.approval_id})
             result = {"approval_id": pending.approval_id, "policy_id": decision.policy_id, "reason": decision.reason}
             return response.done("pending_approval", result=result)
@@ -694,14 +697,21 @@ class Resolver:
         params: dict[str, Any],
         decision: Decision,
         now: datetime,
+        carried: Approval | None,
     ) -> Approval:
+        """The pending approval for this call and policy (an existing one, or a new one).
+
+        ``carried`` is the approval whose ticket the call presented: the new
+        approval's ticket will satisfy its policies too.
+        """
         requirement = decision.approval
         assert requirement is not None
+        satisfies = (*(carried.satisfies if carried is not None else ()), requirement.policy_id)
         for existing in self._approvals.list(session_id=session.session_id, status="pending"):
-            if (existing.action_id, existing.arguments_hash, existing.policy_id, existing.atlas_digest) == (
+            if (existing.action_id, existing.arguments_hash, existing.satisfies, existing.atlas_digest) == (
                 action_id,
                 args_hash,
-                requirement.policy_id,
+                satisfies,
                 loaded.atlas.digest,
             ):
                 return existing
@@ -715,6 +725,7 @@ class Resolver:
             parameters=json.loads(canonical_json(params)),
             policy_id=requirement.policy_id,
             atlas_digest=loaded.atlas.digest,
+            satisfies=satisfies,
             reason=requirement.reason,
             approver_roles=requirement.approver_roles,
             ticket_ttl_seconds=requirement.ticket_ttl_seconds,
@@ -808,7 +819,7 @@ class Resolver:
             "agent": session.agent_id,
             "action": action_id,
             "args": args_hash,
-            "pol": approval.policy_id,
+            "pol": list(approval.satisfies),
             "dig": owner.atlas.digest if owner is not None else None,
         }
         names = {"sid": "session", "args": "arguments", "pol": "approval policy", "dig": "version of the atlas"}

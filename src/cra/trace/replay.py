@@ -24,6 +24,7 @@ from cra.policy.compiler import CompiledPolicy
 from cra.policy.decision import Decision, Effect, EvalRequest
 from cra.policy.resolve import DEFAULT_DENY_ID, evaluate_actions
 from cra.protocol.carp import parse_timestamp
+from cra.trace.chain import check_chain
 from cra.trace.event import TraceEvent
 
 __all__ = ["ReplayItem", "ReplayReport", "replay"]
@@ -100,7 +101,11 @@ def _compare(event: TraceEvent, decision: Decision, note: str = "") -> ReplayIte
 
 
 def replay(events: Sequence[TraceEvent], policies: Sequence[CompiledPolicy]) -> ReplayReport:
-    """Recompute every decision in ``events`` with ``policies`` and compare."""
+    """Recompute every decision in ``events`` with ``policies`` and compare.
+
+    The chain is verified first: a trace that does not verify is never reported
+    identical, whatever its decisions say.
+    """
     by_atlas = {p.atlas.atlas_id: p for p in policies}
     owner: dict[str, CompiledPolicy] = {}
     for compiled_policy in policies:
@@ -109,6 +114,9 @@ def replay(events: Sequence[TraceEvent], policies: Sequence[CompiledPolicy]) -> 
     session = _Session()
     items: list[ReplayItem] = []
     problems: list[str] = []
+    chain = check_chain(events)
+    if not chain.valid:
+        problems.append(f"the chain does not verify: {chain.error} at event {chain.index} ({chain.detail})")
     resolutions: dict[str, tuple[str | None, Mapping[str, Any]]] = {}
     approved: dict[str, str] = {}  # approval id -> the approval policy it satisfies
     pending_resolve: list[Decision] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -67,8 +66,9 @@ def test_words_are_whole_casefolded_and_skip_stopwords() -> None:
 
 
 def test_token_estimate_is_a_quarter_of_the_utf8_bytes_rounded_up() -> None:
-    for text in ("", "a", "abcd", "abcde", "استرداد", "line\n" * 7):
-        assert estimate_tokens(text) == math.ceil(len(text.encode("utf-8")) / 4)
+    # "استرداد" is 7 Arabic letters of 2 bytes each; "line\n" * 7 is 35 bytes
+    expected = {"": 0, "a": 1, "abcd": 1, "abcde": 2, "استرداد": 4, "line\n" * 7: 9}
+    assert {text: estimate_tokens(text) for text in expected} == expected
 
 
 # -- the rules -------------------------------------------------------------------------------------------------------
@@ -186,6 +186,7 @@ def test_blocks_follow_priority_then_declaration_order() -> None:
 
 def test_blocks_carry_source_content_type_and_estimate() -> None:
     files = {"a.md": "# Title\n", "b.json": '{"a": 1}', "c.txt": "plain", "d": "no suffix", "e.MARKDOWN": "x"}
+    tokens = {"a.md": 2, "b.json": 2, "c.txt": 2, "d": 3, "e.MARKDOWN": 1}  # a quarter of the bytes, rounded up
     s = select([pack("p", list(files), always=True)], files=files)
     by_file = {b.metadata["file"]: b for b in s.blocks}
     assert {f: b.content_type for f, b in by_file.items()} == {
@@ -199,7 +200,7 @@ def test_blocks_carry_source_content_type_and_estimate() -> None:
         assert (block.source, block.content, block.token_estimate) == (
             "org.test.context",
             files[path],
-            estimate_tokens(files[path]),
+            tokens[path],
         )
         assert block.to_dict()["metadata"] == {"pack_id": "p", "file": path}
 

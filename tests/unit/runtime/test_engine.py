@@ -53,14 +53,23 @@ def test_decision_names_policy_reason_and_explains() -> None:
 
 
 @pytest.mark.parametrize(
-    ("params", "roles", "agent"),
-    [({}, ["agent"], "bot"), ({"amount": "5000"}, ["agent"], "bot"), ({"amount": 5}, [], "mallory")],
+    ("params", "agent", "code"),
+    [
+        ({}, "bot", "unknown_attribute"),
+        ({"amount": "5000"}, "bot", "unknown_attribute"),
+        ({"amount": 5}, "mallory", "default_deny"),
+    ],
     ids=["amount-missing", "amount-as-string", "unknown-agent"],
 )
-def test_fail_closed_probes(params: dict[str, Any], roles: list[str], agent: str) -> None:
-    engine = Engine.from_atlas(ATLAS)
-    d = engine.evaluate(action="refund.create", agent=agent, roles=roles, params=params, dry_run=True)
-    assert d.effect is Effect.DENY
+def test_fail_closed_probes(params: dict[str, Any], agent: str, code: str) -> None:
+    atlas = {
+        **ATLAS,
+        "policies": [*ATLAS["policies"][:-1], {**ATLAS["policies"][-1], "conditions": {"agents": ["bot"]}}],
+    }
+    engine = Engine.from_atlas(atlas)
+    d = engine.evaluate(action="refund.create", agent=agent, roles=["agent"], params=params, dry_run=True)
+    assert (d.effect, d.reason_code) == (Effect.DENY, code)
+    assert engine.evaluate(action="refund.create", agent="bot", roles=["agent"], params={"amount": 5}).allowed
 
 
 def test_dry_run_does_not_consume_and_real_calls_do() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from cra import (
 )
 from cra.policy.compiler import compile_atlas
 from cra.protocol.atlas import parse_atlas
+from cra.protocol.carp import parse_carp_request
 from cra.trace.replay import replay
 
 T0 = datetime(2025, 5, 4, 8, 30, tzinfo=UTC)
@@ -441,3 +443,185 @@ def test_replay_reproduces_a_recorded_session_and_catches_a_changed_atlas() -> N
     different = replay(events, [compile_atlas(parse_atlas(changed))])
     assert not different.identical
     assert {i.action_id for i in different.items if i.status == "different"} >= {"doc.delete", "doc.write"}
+
+
+# -- what the review of the first version found -----------------------------------------------------------------------
+
+
+def test_an_executor_gets_its_own_copy_of_the_arguments() -> None:
+    h = Harness()
+
+    def meddle(params: dict[str, Any]) -> dict[str, Any]:
+        params["title"] += " (edited)"
+        return {"ok": True}
+
+    h.r.register_executor("doc.write", meddle)
+    sid = h.session()
+    rid = h.resolve(sid)
+    h.execute(sid, rid, "doc.write", {"title": "t"})
+    h.r.verify_chain(sid)
+    requested = [e for e in h.r.get_trace(sid) if e.event_type == "action.requested"][-1]
+    assert requested.payload["parameters"] == {"title": "t"}
+
+
+def test_an_executor_may_call_back_into_the_runtime() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+
+    def write_then_read(params: dict[str, Any]) -> dict[str, Any]:
+        inner = h.execute(sid, rid, "doc.read", {})
+        return {"inner": inner["status"]}
+
+    h.r.register_executor("doc.write", write_then_read)
+    assert h.execute(sid, rid, "doc.write", {"title": "t"})["result"] == {"inner": "success"}
+    h.r.verify_chain(sid)
+    assert h.types(sid).count("action.executed") == 2
+
+
+def test_results_must_match_the_returns_schema() -> None:
+    manifest = atlas()
+    manifest["actions"][0]["returns_schema"] = {"type": "object", "required": ["text"]}
+    h = Harness(manifest)
+    sid = h.session()
+    rid = h.resolve(sid)
+    failed = h.execute(sid, rid, "doc.read", {})
+    assert failed["error"]["code"] == "invalid_result"
+    assert "returns_schema" in failed["error"]["message"]
+    h.r.register_executor("doc.read", lambda p: {"text": "hello"})
+    assert h.execute(sid, rid, "doc.read", {})["result"] == {"text": "hello"}
+
+
+def test_an_idempotency_key_runs_the_call_once() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+
+    def call(params: dict[str, Any]) -> dict[str, Any]:
+        execution = {"resolution_id": rid, "action_id": "pay.send", "parameters": params, "idempotency_key": "k-1"}
+        return h.r.execute(h.request(sid, "execute", execution=execution))
+
+    first = call({"amount": 10})
+    again = call({"amount": 10})
+    assert again == first
+    assert [c["amount"] for c in h.calls] == [10]
+    clash = call({"amount": 11})
+    assert clash["error"]["code"] == "idempotency_key_reused"
+    assert [c["amount"] for c in h.calls] == [10]
+
+
+def test_a_session_confined_to_atlases_cannot_resolve_others() -> None:
+    h = Harness()
+    other = {
+        **atlas(),
+        "atlas_id": "org.test.other",
+        "actions": [{"action_id": "ops.deploy", "name": "d", "description": "d"}],
+    }
+    other["policies"] = [{"policy_id": "allow", "type": "allow", "actions": ["ops.*"]}]
+    h.r.load_atlas(other)
+    sid = h.r.create_session("bot", "Handle documents", roles=["staff"], atlas_ids=["org.test.runtime"])
+    body = h.request(sid, "resolve")
+    body["atlas_ids"] = ["org.test.other"]
+    with pytest.raises(ResolutionError, match="confined"):
+        h.r.resolve(body)
+    assert h.types(sid)[-1] == "error.occurred"
+    allowed = [a["action_id"] for a in h.r.resolve(h.request(sid, "resolve"))["allowed_actions"]]
+    assert "ops.deploy" not in allowed
+
+
+def test_actions_removed_by_a_new_atlas_version_are_refused() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    smaller = atlas()
+    smaller["actions"] = [a for a in smaller["actions"] if a["action_id"] != "doc.write"]
+    h.r.load_atlas(smaller)
+    refused = h.execute(sid, rid, "doc.write", {"title": "x" * 500})
+    assert refused["error"]["code"] == "action_not_declared"
+    assert h.calls == []
+
+
+def test_protocol_violations_in_resolve_are_recorded() -> None:
+    h = Harness()
+    sid = h.session()
+    body = h.request(sid, "resolve")
+    h.r.resolve(body)
+    with pytest.raises(ResolutionError):
+        h.r.resolve(body)
+    with pytest.raises(SessionError, match="another agent"):
+        h.r.resolve(h.request(sid, "resolve", agent="intruder"))
+    assert h.types(sid)[-2:] == ["error.occurred", "error.occurred"]
+    h.r.verify_chain(sid)
+
+
+def test_metadata_cannot_pose_as_roles_or_tenant() -> None:
+    h = Harness()
+    sid = h.r.create_session("bot", "goal", metadata={"roles": ["admin"], "tenant_id": "bank"})
+    started = h.r.get_trace(sid)[0].payload
+    assert "roles" not in started
+    assert "tenant_id" not in started
+    assert started["metadata"] == {"roles": ["admin"], "tenant_id": "bank"}
+    with pytest.raises(ProtocolError, match="metadata"):
+        h.r.create_session("bot", "goal", metadata={"when": datetime.now(UTC)})
+
+
+def test_approvals_cannot_be_decided_after_the_session_ended() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    approval_id = _pending(h, sid, rid)
+    h.r.end_session(sid)
+    with pytest.raises(SessionError, match="ended"):
+        h.r.approve(approval_id, approver="fatima", approver_roles=["finance"])
+
+
+def test_a_call_needing_two_approvals_gathers_them_in_turn() -> None:
+    manifest = atlas(
+        {
+            "policy_id": "cfo",
+            "type": "require_approval",
+            "actions": ["pay.send"],
+            "priority": 10,
+            "conditions": {"params": {"amount": {"gt": 1000}}},
+            "parameters": {"approver_roles": ["cfo"]},
+        },
+        {
+            "policy_id": "finance",
+            "type": "require_approval",
+            "actions": ["pay.send"],
+            "conditions": {"params": {"amount": {"gt": 100}}},
+            "parameters": {"approver_roles": ["finance"]},
+        },
+        {"policy_id": "allow-staff", "type": "allow", "actions": ["pay.*"], "conditions": {"roles": ["staff"]}},
+    )
+    h = Harness(manifest)
+    sid = h.session()
+    rid = h.resolve(sid)
+    first = h.execute(sid, rid, "pay.send", {"amount": 5000})
+    assert first["result"]["policy_id"] == "cfo"
+    cfo = h.r.approve(first["result"]["approval_id"], approver="cfo-1", approver_roles=["cfo"])
+    second = h.execute(sid, rid, "pay.send", {"amount": 5000}, ticket=cfo.token)
+    assert (second["status"], second["result"]["policy_id"]) == ("pending_approval", "finance")
+    with pytest.raises(ApprovalError, match="roles"):
+        h.r.approve(second["result"]["approval_id"], approver="cfo-1", approver_roles=["cfo"])
+    both = h.r.approve(second["result"]["approval_id"], approver="fin-1", approver_roles=["finance"])
+    assert h.execute(sid, rid, "pay.send", {"amount": 5000}, ticket=both.token)["status"] == "success"
+    assert h.calls == [{"action": "pay.send", "amount": 5000}]
+
+
+def test_a_typed_request_is_validated_like_a_dict() -> None:
+    h = Harness()
+    sid = h.session()
+    typed = parse_carp_request(h.request(sid, "resolve"))
+    with pytest.raises(ProtocolError) as info:
+        h.r.resolve(replace(typed, goal=""))
+    assert info.value.path == "/task/goal"
+    assert h.r.resolve(typed)["request_id"] == typed.request_id
+
+
+def test_arguments_that_are_not_json_are_refused() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    with pytest.raises(ProtocolError, match="not JSON"):
+        h.execute(sid, rid, "pay.send", {"amount": float("inf")})

@@ -109,3 +109,23 @@ def test_replay_notices_a_resolution_cut_short() -> None:
     )
     report = replay(events, [compile_atlas(ATLAS)])
     assert report.problems == ("the trace ends in the middle of a resolution",)
+
+
+def test_replay_never_calls_a_tampered_trace_identical() -> None:
+    events = chain(
+        ("session.started", {"agent_id": "a", "goal": "g"}),
+        (
+            "carp.request.received",
+            {"request_id": "r", "operation": "resolve", "goal": "g", "atlas_ids": ["org.test.replay"]},
+        ),
+        ("policy.evaluated", {"policy_id": "p", "result": "allow", "action_id": "x.y"}),
+        (
+            "carp.resolution.completed",
+            {"resolution_id": "q", "request_id": "r", "decision_type": "allow", "allowed_count": 1, "denied_count": 0},
+        ),
+    )
+    assert replay(events, [compile_atlas(ATLAS)]).identical
+    tampered = [*events[:1], events[1]._replace(payload={**events[1].payload, "goal": "other"}), *events[2:]]
+    report = replay(tampered, [compile_atlas(ATLAS)])
+    assert not report.identical
+    assert report.problems[0].startswith("the chain does not verify: hash_mismatch at event 1")
