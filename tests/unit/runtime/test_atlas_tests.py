@@ -85,3 +85,19 @@ def test_malformed_test_files_name_the_path(document: Any, path: str) -> None:
         parse_tests("t.json", document)
     assert info.value.path == path
     assert info.value.source == "t.json"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("dup.yaml", "cases: []\ncases: []\n", "duplicate key 'cases'"),
+        ("dup.json", '{"cases": [], "cases": []}', "duplicate key 'cases'"),
+        ("bad.yaml", "cases: [\n", "invalid YAML"),
+        ("latin.yaml", "cases: caf\xe9\n", "not UTF-8"),
+    ],
+)
+def test_test_files_are_read_strictly(tmp_path: Path, name: str, content: str, reason: str) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / name).write_bytes(content.encode("latin-1"))
+    with pytest.raises(AtlasError, match=reason):
+        load_tests(tmp_path)
