@@ -61,23 +61,20 @@ class MemoryCounters:
                 break
         return LimitBreach(charge, used, max(1, int(-(-wait // 1))))
 
+    def _first_breach(self, charges: Sequence[Charge], now: float) -> LimitBreach | None:
+        return next((b for b in (self._breach(c, now) for c in charges) if b is not None), None)
+
     def check(self, charges: Sequence[Charge], now: float) -> LimitBreach | None:
         with self._lock:
-            for charge in charges:
-                breach = self._breach(charge, now)
-                if breach is not None:
-                    return breach
-            return None
+            return self._first_breach(charges, now)
 
     def consume(self, charges: Sequence[Charge], now: float) -> LimitBreach | None:
         with self._lock:
-            for charge in charges:
-                breach = self._breach(charge, now)
-                if breach is not None:
-                    return breach
-            for charge in charges:
-                self._hits[charge.key].append((now, charge.amount))
-            return None
+            breach = self._first_breach(charges, now)
+            if breach is None:
+                for charge in charges:
+                    self._hits[charge.key].append((now, charge.amount))
+            return breach
 
 
 class MemoryEventStore:
