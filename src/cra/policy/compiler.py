@@ -83,8 +83,11 @@ class Rule:
         return "; ".join(f"{c.text}: {tri_name(c.test(req))}" for c in self.conditions)
 
     def scope_key(self, req: EvalRequest) -> str | None:
+        """The counter of this call: per tenant always, then per scope and per action."""
         value = {"agent": req.agent, "session": req.session_id, "tenant": req.tenant_id}[self.scope]
-        return None if value is None else f"{self.type}|{self.policy_id}|{self.scope}={value}|{req.action}"
+        if value is None:
+            return None
+        return f"{self.type}|{self.policy_id}|tenant={req.tenant_id or ''}|{self.scope}={value}|{req.action}"
 
 
 @dataclass(frozen=True, slots=True)

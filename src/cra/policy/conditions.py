@@ -125,7 +125,10 @@ def _json_type(value: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number: an int of any size, or a finite float (never a bool)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _strict_eq(a: Any, b: Any) -> bool:

@@ -132,7 +132,7 @@ def constraints_for(verdicts: Sequence[ActionVerdict]) -> list[dict[str, Any]]:
     return list(found.values())
 
 
-def policy_event_payload(decision: Decision) -> dict[str, Any]:
+def policy_event_payload(decision: Decision) -> dict[str, str]:
     """The ``policy.evaluated`` payload for one decision: ``{policy_id, result, action_id}``."""
     return {
         "policy_id": decision.policy_id or DEFAULT_DENY_ID,

@@ -103,7 +103,7 @@ def parse_carp_request(data: object) -> CarpRequest:
     assert isinstance(data, dict)
     try:
         canonical_json(data)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ProtocolError("", f"the request holds a value that is not JSON: {exc}") from None
     requester = data["requester"]
     task = data["task"]

@@ -92,6 +92,32 @@ def validate(kind: SchemaKind, document: object, *, source: str | None = None) -
         raise error("", "document is nested too deeply", source=source) from None
 
 
+def _refuse_fetch(uri: str) -> Any:
+    raise fastjsonschema.JsonSchemaDefinitionException(f"refusing to fetch {uri!r}")
+
+
+_NO_FETCH: dict[str, Callable[[str], Any]] = dict.fromkeys(("http", "https", "file", "ftp", "data"), _refuse_fetch)
+
+
+def _remote_reference(node: object, path: list[str | int]) -> str | None:
+    """The JSON Pointer of the first ``$ref`` that leaves the schema, or of a nested ``$id``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and (not isinstance(value, str) or not value.startswith("#")):
+                return json_pointer([*path, key])
+            if key in ("$id", "id") and path and isinstance(value, str):
+                return json_pointer([*path, key])
+            found = _remote_reference(value, [*path, key])
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found = _remote_reference(value, [*path, i])
+            if found is not None:
+                return found
+    return None
+
+
 def compile_validator(
     schema: dict[str, Any], *, error: type[ValidationError] = ProtocolError, source: str | None = None
 ) -> Callable[[object], None]:
@@ -101,8 +127,11 @@ def compile_validator(
     A schema that cannot be compiled raises ``error`` at once.
     """
     try:
-        check = fastjsonschema.compile(copy.deepcopy(schema), use_default=False)
-    except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError) as exc:
+        remote = _remote_reference(schema, [])
+        if remote is not None:
+            raise error(remote, "only references inside the schema itself ('#...') are allowed", source=source)
+        check = fastjsonschema.compile(copy.deepcopy(schema), handlers=_NO_FETCH, use_default=False)
+    except (fastjsonschema.JsonSchemaDefinitionException, TypeError, ValueError, RecursionError) as exc:
         raise error("", f"not a usable JSON Schema: {exc}", source=source) from None
 
     def run(document: object) -> None:
@@ -113,5 +142,7 @@ def compile_validator(
             raise error(path, reason, source=source) from None
         except RecursionError:
             raise error("", "document is nested too deeply", source=source) from None
+        except (OverflowError, ValueError, TypeError) as exc:  # e.g. multipleOf on a number too large for a float
+            raise error("", f"cannot be checked: {exc}", source=source) from None
 
     return run

@@ -44,6 +44,8 @@ class Approval:
     #: Every approval policy a ticket for this approval satisfies: those of the
     #: approvals the call already carried when it was asked for, then its own.
     satisfies: tuple[str, ...]
+    #: The approvals the call carried when this one was asked for; redeemed with it.
+    carries: tuple[str, ...]
     reason: str
     approver_roles: tuple[str, ...]
     ticket_ttl_seconds: int
@@ -96,7 +98,7 @@ def issue_ticket(signer: Signer, approval: Approval) -> ApprovalTicket:
 
 def read_ticket(signer: Signer, token: str) -> dict[str, Any]:
     """The verified claims of ``token``; :class:`ApprovalError` if it is malformed or forged."""
-    if not isinstance(token, str) or token.count(".") != 1 or len(token) > 4096:
+    if not isinstance(token, str) or not token.isascii() or token.count(".") != 1 or len(token) > 4096:
         raise ApprovalError("approval ticket is malformed")
     encoded, signature = token.split(".")
     try:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from cra.errors import ProtocolError
 from cra.policy.compiler import CompiledPolicy, compile_atlas
 from cra.policy.decision import _EMPTY, Decision, Effect, EvalRequest, limit_exceeded
 from cra.protocol.atlas import Atlas
@@ -115,6 +116,8 @@ class Engine:
         do this); only those policies are satisfied.
         """
         compiled = self._compiled
+        if isinstance(roles, str) or isinstance(verified_approvals, str):
+            raise ProtocolError("/roles", "roles and approvals are lists of names, not one string")
         if now is None and compiled.uses_time:
             now = self._clock.now()
         req = EvalRequest(

@@ -46,11 +46,11 @@ def invoke(executor: Executor, arguments_json: str, loaded: LoadedAtlas, action_
     try:
         value = executor(json.loads(arguments_json))
     except Exception as exc:  # noqa: BLE001 - executors are the host's code; any failure is recorded, not raised
-        return Outcome(took(), error_code="executor_error", error_message=f"{type(exc).__name__}: {exc}"[:1000])
+        return Outcome(took(), error_code="executor_error", error_message=_describe(exc))
     result = value if isinstance(value, dict) else {"value": value}
     try:
         result_json = canonical_json(result)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         message = f"the executor returned something that is not JSON: {exc}"[:1000]
         return Outcome(took(), error_code="invalid_result", error_message=message)
     result = json.loads(result_json)
@@ -60,6 +60,15 @@ def invoke(executor: Executor, arguments_json: str, loaded: LoadedAtlas, action_
         message = f"the result breaks the action's returns_schema at {path or '/'}: {why}"[:1000]
         return Outcome(took(), error_code="invalid_result", error_message=message)
     return Outcome(took(), result=result, result_hash=sha256_hex(result_json))
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, even one whose ``str()`` fails."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the failure it reports
+        text = "(the exception cannot be printed)"
+    return f"{type(exc).__name__}: {text}"[:1000]
 
 
 class ResponseBuilder:

@@ -47,10 +47,10 @@ class MemoryCounters:
     def _breach(self, charge: Charge, now: float) -> LimitBreach | None:
         hits = self._window(charge.key, charge.window_seconds, now)
         used = sum(amount for _, amount in hits)
+        if charge.amount > charge.limit:  # before any arithmetic: the amount may be huge
+            return LimitBreach(charge, used, None)
         if used + charge.amount <= charge.limit:
             return None
-        if charge.amount > charge.limit:
-            return LimitBreach(charge, used, None)
         # The earliest moment enough of the window has expired for this charge to fit.
         freed = 0.0
         wait = float(charge.window_seconds)
@@ -158,6 +158,10 @@ class MemorySessions:
             if existing is None:
                 self._idempotent[(session_id, key)] = record
             return existing
+
+    def release_idempotency_key(self, session_id: str, key: str) -> None:
+        with self._lock:
+            self._idempotent.pop((session_id, key), None)
 
     def complete_idempotency_key(self, session_id: str, key: str, response: Mapping[str, Any]) -> None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,31 +20,33 @@ class ResolvePlan:
 
     It is a pure function of the atlases, the agent, its roles, the risk tier,
     the request context and the required capabilities (and of the clock when an
-    atlas has time windows; such plans are not reused). Its pieces are copied
-    into each resolution and trace, never handed out themselves.
+    atlas has time windows; such plans are not reused). Nothing of it is handed
+    out: each resolution and trace gets fresh copies.
     """
 
-    policy_events: tuple[tuple[dict[str, Any], str], ...]  # payload and its canonical JSON
-    allowed: tuple[dict[str, Any], ...]
-    denied: tuple[dict[str, Any], ...]
-    constraints: tuple[dict[str, Any], ...]
+    policy_events: tuple[tuple[dict[str, str], str], ...]  # each policy.evaluated payload and its canonical JSON
+    lists_json: str  # allowed_actions, denied_actions and constraints of the resolution, as JSON
+    allowed_count: int
+    denied_count: int
     decision_type: str
     reason: str
     actions: Mapping[str, str]  # allowed action id -> atlas id
 
     @classmethod
     def of(cls, verdicts: Sequence[ActionVerdict]) -> ResolvePlan:
-        events = []
-        for v in verdicts:
-            payload = policy_event_payload(v.decision)
-            events.append((payload, canonical_json(payload)))
         granted = [v for v in verdicts if v.decision.effect is not Effect.DENY]
+        denied = [v for v in verdicts if v.decision.effect is Effect.DENY]
         decision_type, reason = summarize(verdicts)
+        lists = {
+            "allowed_actions": [_allowed(v) for v in granted],
+            "denied_actions": [_denied(v.decision) for v in denied],
+            "constraints": constraints_for(verdicts),
+        }
         return cls(
-            policy_events=tuple(events),
-            allowed=tuple(_allowed(v) for v in granted),
-            denied=tuple(_denied(v.decision) for v in verdicts if v.decision.effect is Effect.DENY),
-            constraints=tuple(constraints_for(verdicts)),
+            policy_events=tuple((p, canonical_json(p)) for p in (policy_event_payload(v.decision) for v in verdicts)),
+            lists_json=json.dumps(lists, separators=(",", ":")),
+            allowed_count=len(granted),
+            denied_count=len(denied),
             decision_type=decision_type,
             reason=reason,
             actions={v.action.action_id: v.compiled.atlas.atlas_id for v in granted},
@@ -51,14 +54,12 @@ class ResolvePlan:
 
     def resolution_lists(self) -> dict[str, list[dict[str, Any]]]:
         """Fresh copies of the resolution's action and constraint lists."""
-        return {
-            "allowed_actions": [dict(a) for a in self.allowed],
-            "denied_actions": [dict(d) for d in self.denied],
-            "constraints": [
-                {**c, "parameters": {**c["parameters"], "actions": list(c["parameters"]["actions"])}}
-                for c in self.constraints
-            ],
-        }
+        lists: dict[str, list[dict[str, Any]]] = json.loads(self.lists_json)
+        return lists
+
+    def policy_payloads(self) -> list[tuple[dict[str, str], str]]:
+        """Fresh ``policy.evaluated`` payloads (flat strings: a shallow copy is a whole copy) and their JSON."""
+        return [(dict(payload), text) for payload, text in self.policy_events]
 
 
 def _allowed(verdict: ActionVerdict) -> dict[str, Any]:

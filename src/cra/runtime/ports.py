@@ -100,6 +100,10 @@ class SessionStore(Protocol):
         """Store the response of the call that reserved ``key``."""
         ...
 
+    def release_idempotency_key(self, session_id: str, key: str) -> None:
+        """Forget a reservation whose call ended before running (denied, or waiting for approval)."""
+        ...
+
 
 class ResolutionStore(Protocol):
     def get(self, resolution_id: str) -> ResolutionRecord | None: ...

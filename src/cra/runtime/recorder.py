@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cra.protocol.canonical import canonical_json
 from cra.runtime.ports import EventStore, IdSource, TraceSink
 from cra.runtime.records import Session
 from cra.trace.event import TraceEvent, build_event
 
 __all__ = ["SpanRecorder"]
 
+_log = logging.getLogger("cra.trace")
+
 
 class SpanRecorder:
     """The events of one operation: one span, one timestamp, consecutive in the chain.
 
-    Use it while holding the resolver's lock. After releasing the lock (to run an
-    executor), call :meth:`resume` before emitting again: other operations may
-    have extended the chain meanwhile.
+    Use it while holding the resolver's lock. Each event continues the chain as
+    the store holds it at that moment, so other operations (an executor calling
+    back in, a sink reacting to an event) may interleave their own events.
+    Sinks get their own copy of each payload, and a failing sink is logged, not
+    raised: the store, not the sink, is the record.
     """
 
-    __slots__ = ("_events", "_ids", "_parent", "_previous", "_session", "_sinks", "span_id", "stamp")
+    __slots__ = ("_events", "_ids", "_parent", "_session", "_sinks", "span_id", "stamp")
 
     def __init__(
         self,
@@ -40,12 +47,6 @@ class SpanRecorder:
         self.span_id = span_id
         self._parent = parent
         self.stamp = stamp
-        self._previous = events.last(session.session_id)
-
-    def resume(self, stamp: str) -> None:
-        """Continue after the chain may have moved, at a new timestamp."""
-        self._previous = self._events.last(self._session.session_id)
-        self.stamp = stamp
 
     def emit(self, event_type: str, payload: Mapping[str, Any], payload_json: str | None = None) -> TraceEvent:
         """Append an event to the chain and hand it to the sinks.
@@ -54,7 +55,7 @@ class SpanRecorder:
         now. ``payload_json`` is its canonical JSON when the caller has it.
         """
         event = build_event(
-            self._previous,
+            self._events.last(self._session.session_id),
             event_id=self._ids.new_id(),
             trace_id=self._session.trace_id,
             span_id=self.span_id,
@@ -66,7 +67,10 @@ class SpanRecorder:
             payload_json=payload_json,
         )
         self._events.append(event)
-        for sink in self._sinks:
-            sink.emit(event)
-        self._previous = event
+        if self._sinks:
+            for sink in self._sinks:
+                try:
+                    sink.emit(event._replace(payload=json.loads(canonical_json(event.payload))))
+                except Exception:  # noqa: BLE001 - a sink is an export; its failure must not undo the record
+                    _log.exception("trace sink %r failed on event %s", sink, event.event_id)
         return event

@@ -28,14 +28,14 @@ from cra.errors import (
 )
 from cra.policy.compiler import CompiledPolicy
 from cra.policy.decision import Decision, Effect, EvalRequest, limit_exceeded
-from cra.policy.resolve import evaluate_actions, policy_event_payload
+from cra.policy.resolve import DEFAULT_DENY_ID, evaluate_actions, policy_event_payload
 from cra.protocol.atlas import Atlas
 from cra.protocol.canonical import canonical_json, sha256_hex
 from cra.protocol.carp import CARP_VERSION, CarpRequest, parse_carp_request, parse_timestamp
 from cra.runtime.approvals import Approval, ApprovalTicket, issue_ticket, read_ticket
 from cra.runtime.atlas_files import AtlasSource, load_atlas
 from cra.runtime.clock import SystemClock
-from cra.runtime.execution import Executor, ResponseBuilder, invoke
+from cra.runtime.execution import Executor, Outcome, ResponseBuilder, invoke
 from cra.runtime.ids import SystemIds
 from cra.runtime.loaded import LoadedAtlas, prepare
 from cra.runtime.memory import (
@@ -115,6 +115,7 @@ class Resolver:
         self._loaded: dict[str, LoadedAtlas] = {}
         self._plans: dict[tuple[Any, ...], ResolvePlan] = {}
         self._executors: dict[str, Executor] = {}
+        self._inflight: dict[str, int] = {}  # session id -> calls whose executor is running
         self._lock = threading.RLock()
 
     # -- atlases and executors -------------------------------------------------
@@ -143,7 +144,8 @@ class Resolver:
 
     @property
     def atlases(self) -> tuple[Atlas, ...]:
-        return tuple(loaded.atlas for loaded in self._loaded.values())
+        with self._lock:
+            return tuple(loaded.atlas for loaded in self._loaded.values())
 
     def compiled(self, atlas_id: str) -> CompiledPolicy:
         """The compiled policies of a loaded atlas."""
@@ -182,32 +184,38 @@ class Resolver:
         atlas_ids: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> str:
-        """Start a session and its trace. ``roles`` are the host's word about the agent."""
+        """Start a session and its trace. ``roles`` are the host's word about the agent.
+
+        ``atlas_ids`` confines the session to those atlases (an empty list: to none).
+        """
         if not isinstance(agent_id, str) or not 1 <= len(agent_id) <= 255:
             raise ProtocolError("/agent_id", "must be a string of 1 to 255 characters")
         if not isinstance(goal, str) or not 1 <= len(goal) <= 10_000:
             raise ProtocolError("/goal", "must be a string of 1 to 10000 characters")
-        role_set = frozenset(roles)
-        if not all(isinstance(r, str) and r for r in role_set):
-            raise ProtocolError("/roles", "must be non-empty strings")
+        role_set = frozenset(_names(roles, "/roles"))
+        if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
+            raise ProtocolError("/tenant_id", "must be a non-empty string")
+        confined = None if atlas_ids is None else tuple(_names(atlas_ids, "/atlas_ids"))
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ProtocolError("/metadata", "must be an object")
         tenant = tenant_id or self._tenant
         # roles and tenant sit beside the host's metadata, never inside it, so that
         # metadata cannot forge what replay reads as the host's word.
         payload: dict[str, Any] = {"agent_id": agent_id, "goal": goal}
-        if atlas_ids:
-            payload["atlas_ids"] = list(atlas_ids)
+        if confined is not None:
+            payload["atlas_ids"] = list(confined)
         if role_set:
             payload["roles"] = sorted(role_set)
         if tenant != DEFAULT_TENANT:
             payload["tenant_id"] = tenant
-        if metadata:
-            payload["metadata"] = dict(metadata)
         try:
-            canonical_json(payload)
-        except (TypeError, ValueError) as exc:
+            own_metadata = json.loads(canonical_json(dict(metadata or {})))  # a private deep copy
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ProtocolError("/metadata", f"must be JSON: {exc}") from None
+        if own_metadata:
+            payload["metadata"] = own_metadata
         with self._lock:
-            for aid in atlas_ids or ():
+            for aid in confined or ():
                 if aid not in self._loaded:
                     raise NotFoundError("atlas", aid)
             now = self._clock.now()
@@ -220,8 +228,8 @@ class Resolver:
                 trace_id=self._ids.new_id(),
                 root_span_id=self._ids.new_id(),
                 created_at=now,
-                atlas_ids=tuple(atlas_ids) if atlas_ids else None,
-                metadata=dict(metadata or {}),
+                atlas_ids=confined,
+                metadata=json.loads(canonical_json(own_metadata)),
             )
             self._sessions.put(session)
             self._span(session, now, root=True).emit("session.started", payload)
@@ -234,13 +242,16 @@ class Resolver:
         return session
 
     def sessions(self, tenant_id: str | None = None) -> list[Session]:
-        return self._sessions.list(tenant_id)
+        with self._lock:
+            return self._sessions.list(tenant_id)
 
     def end_session(self, session_id: str, reason: str = "completed") -> None:
         if reason not in ("completed", "timeout", "error", "cancelled"):
             raise ProtocolError("/reason", "must be completed, timeout, error or cancelled")
         with self._lock:
             session = self._active(session_id)
+            if self._inflight.get(session_id):
+                raise SessionError(f"session {session_id} still has calls running; end it when they are done")
             now = self._clock.now()
             executed = sum(e.event_type == "action.executed" for e in self._events.events(session_id))
             duration = max(0, int((now - session.created_at) / timedelta(milliseconds=1)))
@@ -250,8 +261,11 @@ class Resolver:
             self._sessions.put(replace(session, status="ended", ended_at=now))
 
     def get_trace(self, session_id: str) -> list[TraceEvent]:
-        self.get_session(session_id)
-        return self._events.events(session_id)
+        """The session's events, each with its own copy of the payload."""
+        with self._lock:
+            self.get_session(session_id)
+            events = self._events.events(session_id)
+        return [e._replace(payload=json.loads(canonical_json(e.payload))) for e in events]
 
     def verify_chain(self, session_id: str) -> None:
         """Return only if the session's chain verifies; raise :class:`~cra.errors.ChainError` otherwise."""
@@ -293,8 +307,8 @@ class Resolver:
             span.emit("carp.request.received", received)
 
             plan = self._plan(loaded, session, req, now)
-            for payload, payload_json in plan.policy_events:
-                span.emit("policy.evaluated", dict(payload), payload_json)
+            for payload, payload_json in plan.policy_payloads():
+                span.emit("policy.evaluated", payload, payload_json)
             blocks = self._context(loaded, session, req, now, span)
             resolution_id = self._ids.new_id()
             document: dict[str, Any] = {
@@ -319,8 +333,8 @@ class Resolver:
                     "resolution_id": resolution_id,
                     "request_id": req.request_id,
                     "decision_type": plan.decision_type,
-                    "allowed_count": len(plan.allowed),
-                    "denied_count": len(plan.denied),
+                    "allowed_count": plan.allowed_count,
+                    "denied_count": plan.denied_count,
                     "context_block_count": len(blocks),
                     "ttl_seconds": self._ttl,
                 },
@@ -449,156 +463,169 @@ class Resolver:
             except (ResolutionError, NotFoundError) as exc:
                 self._record_error(session, now, req, exc)
                 raise
-            span = self._span(session, now)
-            arguments_json = canonical_json(ex.parameters)
-            args_hash = sha256_hex(arguments_json)
-            execution_id = self._ids.new_id()
-            response = ResponseBuilder(
-                request_id=req.request_id,
-                resolution_id=ex.resolution_id,
-                execution_id=execution_id,
-                trace_id=session.trace_id,
-                clock=self._clock,
-            )
-            requested: dict[str, Any] = {
-                "action_id": ex.action_id,
-                "resolution_id": ex.resolution_id,
-                "parameters_hash": args_hash,
-                "parameters": json.loads(arguments_json),
-            }
+            call = _Call(req, session, record, now, self._span(session, now), self._ids.new_id(), self._clock)
             key = ex.idempotency_key
             if key is not None:
-                requested["idempotency_key"] = key
+                call.requested["idempotency_key"] = key
                 first = self._sessions.claim_idempotency_key(
-                    session.session_id, key, IdempotentCall(ex.action_id, args_hash, execution_id)
+                    session.session_id, key, IdempotentCall(ex.action_id, call.args_hash, call.execution_id)
                 )
                 if first is not None:
-                    return self._repeat(first, ex.action_id, args_hash, requested, span, response)
+                    return self._repeat(first, call)
+            try:
+                stopped, executor, loaded = self._authorise(call, approval_ticket)
+            except BaseException:
+                if key is not None:
+                    self._sessions.release_idempotency_key(session.session_id, key)
+                raise
+            if stopped is not None:
+                # Only an executor's outcome is final for an idempotency key: after a
+                # denial or an approval request, the same key may be tried again.
+                if key is not None:
+                    self._sessions.release_idempotency_key(session.session_id, key)
+                return stopped
+            assert executor is not None
+            assert loaded is not None
+            self._inflight[session.session_id] = self._inflight.get(session.session_id, 0) + 1
 
-            denial = self._pre_checks(span, requested, record, session, ex.action_id, args_hash, approval_ticket, now)
-            if denial is not None:
-                return self._finish(session, key, response.done(denial[0], error=denial[1]))
-            approval = self._approvals.get(requested["approval_id"]) if "approval_id" in requested else None
-            loaded = self._loaded[record.actions[ex.action_id]]
-            decision = loaded.compiled.evaluate(
-                EvalRequest(
-                    action=ex.action_id,
-                    agent=session.agent_id,
-                    roles=session.roles,
-                    risk_tier=loaded.compiled.effective_tier(ex.action_id, record.risk_tier),
-                    params=requested["parameters"],
-                    context=record.context,
-                    now=now,
-                    session_id=session.session_id,
-                    tenant_id=session.tenant_id,
-                    approved=frozenset(approval.satisfies) if approval is not None else frozenset(),
-                )
-            )
-            executor = self._executors.get(ex.action_id)
-            if decision.effect is Effect.ALLOW and executor is not None:
-                if approval is not None and not self._approvals.redeem(approval.approval_id):
-                    reason = f"approval {approval.approval_id} was already used"
-                    span.emit(
-                        "action.denied", {"action_id": ex.action_id, "reason": reason, "policy_id": RESOLUTION_GUARD_ID}
-                    )
-                    return self._finish(
-                        session, key, response.done("denied", error={"code": "invalid_approval", "message": reason})
-                    )
-                if decision.charges:
-                    breach = self._counters.consume(decision.charges, now.timestamp())
-                    if breach is not None:
-                        decision = limit_exceeded(decision, breach)
-            early = self._decided(span, session, decision, loaded, requested, args_hash, now, response, approval)
-            if early is not None:
-                return self._finish(session, key, early)
-            if executor is None:
-                message = f"no executor is registered for {ex.action_id}"
-                span.emit(
-                    "action.failed",
-                    {
-                        "action_id": ex.action_id,
-                        "execution_id": execution_id,
-                        "error_code": "no_executor",
-                        "error_message": message,
-                        "duration_ms": 0,
-                    },
-                )
-                return self._finish(
-                    session, key, response.done("error", error={"code": "no_executor", "message": message})
-                )
-
-        outcome = invoke(executor, arguments_json, loaded, ex.action_id, self._clock)  # without the lock
-
+        try:
+            outcome = invoke(executor, call.arguments_json, loaded, ex.action_id, self._clock)  # without the lock
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: record the abandoned call, then let it go
+            with self._lock:
+                self._settle(call, Outcome(0, error_code="executor_aborted", error_message=type(exc).__name__))
+            raise
         with self._lock:
-            span.resume(format_timestamp(self._clock.now()))
-            if outcome.error_code is not None:
-                span.emit(
-                    "action.failed",
-                    {
-                        "action_id": ex.action_id,
-                        "execution_id": execution_id,
-                        "error_code": outcome.error_code,
-                        "error_message": outcome.error_message,
-                        "duration_ms": outcome.duration_ms,
-                    },
-                )
-                done = response.done("error", error={"code": outcome.error_code, "message": outcome.error_message})
-            else:
-                span.emit(
-                    "action.executed",
-                    {
-                        "action_id": ex.action_id,
-                        "execution_id": execution_id,
-                        "resolution_id": ex.resolution_id,
-                        "duration_ms": outcome.duration_ms,
-                        "result_hash": outcome.result_hash,
-                    },
-                )
-                done = response.done("success", result=outcome.result)
-            return self._finish(session, key, done)
+            return self._settle(call, outcome)
 
-    def _pre_checks(
-        self,
-        span: SpanRecorder,
-        requested: dict[str, Any],
-        record: ResolutionRecord,
-        session: Session,
-        action_id: str,
-        args_hash: str,
-        ticket: str | None,
-        now: datetime,
-    ) -> tuple[str, dict[str, Any]] | None:
+    def _authorise(
+        self, call: _Call, ticket: str | None
+    ) -> tuple[dict[str, Any] | None, Executor | None, LoadedAtlas | None]:
+        """Everything before the executor runs. Returns the response when the call stops here."""
+        ex = call.execution
+        refusal = self._pre_checks(call, ticket)
+        if refusal is not None:
+            return call.response.done(refusal[0], error=refusal[1]), None, None
+        approval = self._approvals.get(call.requested["approval_id"]) if "approval_id" in call.requested else None
+        loaded = self._loaded[call.record.actions[ex.action_id]]
+        decision = loaded.compiled.evaluate(
+            EvalRequest(
+                action=ex.action_id,
+                agent=call.session.agent_id,
+                roles=call.session.roles,
+                risk_tier=loaded.compiled.effective_tier(ex.action_id, call.record.risk_tier),
+                params=call.requested["parameters"],
+                context=call.record.context,
+                now=call.now,
+                session_id=call.session.session_id,
+                tenant_id=call.session.tenant_id,
+                approved=frozenset(approval.satisfies) if approval is not None else frozenset(),
+            )
+        )
+        executor = self._executors.get(ex.action_id)
+        if decision.effect is Effect.ALLOW and executor is not None:
+            moment = call.now.timestamp()
+            breach = self._counters.check(decision.charges, moment) if decision.charges else None
+            if breach is None and approval is not None:
+                used = [a for a in (approval.approval_id, *approval.carries) if not self._approvals.redeem(a)]
+                if used:
+                    return self._refuse(call, "invalid_approval", f"approval {used[0]} was already used"), None, None
+            if breach is None and decision.charges:
+                breach = self._counters.consume(decision.charges, moment)
+            if breach is not None:
+                decision = limit_exceeded(decision, breach)
+        stopped = self._decided(call, decision, loaded, approval)
+        if stopped is not None:
+            return stopped, None, None
+        if executor is None:
+            message = f"no executor is registered for {ex.action_id}"
+            call.span.emit(
+                "action.failed",
+                {
+                    "action_id": ex.action_id,
+                    "execution_id": call.execution_id,
+                    "error_code": "no_executor",
+                    "error_message": message,
+                    "duration_ms": 0,
+                },
+            )
+            return call.response.done("error", error={"code": "no_executor", "message": message}), None, None
+        return None, executor, loaded
+
+    def _settle(self, call: _Call, outcome: Outcome) -> dict[str, Any]:
+        """Record an executor's outcome (with the lock held) and answer with it."""
+        ex = call.execution
+        sid = call.session.session_id
+        self._inflight[sid] -= 1
+        if not self._inflight[sid]:
+            del self._inflight[sid]
+        call.span.stamp = format_timestamp(self._clock.now())
+        if outcome.error_code is not None:
+            call.span.emit(
+                "action.failed",
+                {
+                    "action_id": ex.action_id,
+                    "execution_id": call.execution_id,
+                    "error_code": outcome.error_code,
+                    "error_message": outcome.error_message,
+                    "duration_ms": outcome.duration_ms,
+                },
+            )
+            done = call.response.done("error", error={"code": outcome.error_code, "message": outcome.error_message})
+        else:
+            call.span.emit(
+                "action.executed",
+                {
+                    "action_id": ex.action_id,
+                    "execution_id": call.execution_id,
+                    "resolution_id": ex.resolution_id,
+                    "duration_ms": outcome.duration_ms,
+                    "result_hash": outcome.result_hash,
+                },
+            )
+            done = call.response.done("success", result=outcome.result)
+        if ex.idempotency_key is not None:
+            self._sessions.complete_idempotency_key(sid, ex.idempotency_key, json.loads(json.dumps(done)))
+        return done
+
+    def _refuse(self, call: _Call, code: str, reason: str) -> dict[str, Any]:
+        """Deny a call before any atlas policy decided it."""
+        action_id = call.execution.action_id
+        call.span.emit("action.denied", {"action_id": action_id, "reason": reason, "policy_id": RESOLUTION_GUARD_ID})
+        return call.response.done("denied", error={"code": code, "message": reason})
+
+    def _pre_checks(self, call: _Call, ticket: str | None) -> tuple[str, dict[str, Any]] | None:
         """Checks before any policy: the ticket, the resolution, the action, the arguments.
 
         Records ``action.requested`` (with the approval it carries) and, when a
         check fails, what failed; returns the response status and error then.
         """
-
-        def refuse(code: str, reason: str) -> tuple[str, dict[str, Any]]:
-            span.emit("action.denied", {"action_id": action_id, "reason": reason, "policy_id": RESOLUTION_GUARD_ID})
-            return "denied", {"code": code, "message": reason}
-
+        action_id = call.execution.action_id
         approval_error = None
         if ticket is not None:
             try:
-                requested["approval_id"] = self._redeemable(ticket, session, action_id, args_hash, now).approval_id
+                approval = self._redeemable(ticket, call.session, action_id, call.args_hash, call.now)
+                call.requested["approval_id"] = approval.approval_id
             except ApprovalError as exc:
                 approval_error = str(exc)
-        span.emit("action.requested", requested)
+        call.span.emit("action.requested", call.requested)
+
+        def refuse(code: str, reason: str) -> tuple[str, dict[str, Any]]:
+            return "denied", self._refuse(call, code, reason)["error"]
+
         if approval_error is not None:
             return refuse("invalid_approval", approval_error)
-        atlas_id = record.actions.get(action_id)
+        atlas_id = call.record.actions.get(action_id)
         loaded = self._loaded.get(atlas_id) if atlas_id is not None else None
         if loaded is None:
             return refuse(
-                "action_not_resolved", f"action {action_id} was not allowed by resolution {record.resolution_id}"
+                "action_not_resolved", f"action {action_id} was not allowed by resolution {call.record.resolution_id}"
             )
         if loaded.atlas.action(action_id) is None:
             return refuse("action_not_declared", f"atlas {loaded.atlas.atlas_id} no longer declares {action_id}")
-        invalid = loaded.check_parameters(action_id, requested["parameters"])
+        invalid = loaded.check_parameters(action_id, call.requested["parameters"])
         if invalid is not None:
             path, why = invalid
-            span.emit(
+            call.span.emit(
                 "policy.violated",
                 {
                     "policy_id": PARAMETERS_GUARD_ID,
@@ -615,26 +642,15 @@ class Resolver:
         return None
 
     def _decided(
-        self,
-        span: SpanRecorder,
-        session: Session,
-        decision: Decision,
-        loaded: LoadedAtlas,
-        requested: dict[str, Any],
-        args_hash: str,
-        now: datetime,
-        response: ResponseBuilder,
-        carried: Approval | None,
+        self, call: _Call, decision: Decision, loaded: LoadedAtlas, carried: Approval | None
     ) -> dict[str, Any] | None:
         """Record the decision; the response when the call stops here (approval or denial)."""
-        action_id = decision.action
+        span, action_id = call.span, decision.action
         if decision.effect is Effect.REQUIRES_APPROVAL:
-            pending = self._pending(
-                session, loaded, action_id, args_hash, requested["parameters"], decision, now, carried
-            )
+            pending = self._pending(call, decision, loaded, carried)
             span.emit("policy.evaluated", {**policy_event_payload(decision), "approval_id": pending.approval_id})
             result = {"approval_id": pending.approval_id, "policy_id": decision.policy_id, "reason": decision.reason}
-            return response.done("pending_approval", result=result)
+            return call.response.done("pending_approval", result=result)
         span.emit("policy.evaluated", policy_event_payload(decision))
         if decision.effect is Effect.ALLOW:
             return None
@@ -649,71 +665,47 @@ class Resolver:
                     "action_id": action_id,
                 },
             )
-        denied: dict[str, Any] = {"action_id": action_id, "reason": decision.reason}
-        if decision.policy_id is not None:
-            denied["policy_id"] = decision.policy_id
-        span.emit("action.denied", denied)
+        span.emit(
+            "action.denied",
+            {"action_id": action_id, "reason": decision.reason, "policy_id": decision.policy_id or DEFAULT_DENY_ID},
+        )
         details: dict[str, Any] = {"policy_id": decision.policy_id}
         if decision.retry_after is not None:
             details["retry_after"] = decision.retry_after
-        return response.done(
-            "denied", error={"code": decision.reason_code, "message": decision.reason, "details": details}
-        )
+        error = {"code": decision.reason_code, "message": decision.reason, "details": details}
+        return call.response.done("denied", error=error)
 
-    def _repeat(
-        self,
-        first: IdempotentCall,
-        action_id: str,
-        args_hash: str,
-        requested: dict[str, Any],
-        span: SpanRecorder,
-        response: ResponseBuilder,
-    ) -> dict[str, Any]:
-        """A call that reuses an idempotency key: the first call's response, never a second run."""
-        requested["duplicate_of"] = first.execution_id
-        span.emit("action.requested", requested)
-        if (first.action_id, first.arguments_hash) != (action_id, args_hash):
-            reason = "the idempotency key was already used for a different call"
-            span.emit("action.denied", {"action_id": action_id, "reason": reason, "policy_id": RESOLUTION_GUARD_ID})
-            return response.done("denied", error={"code": "idempotency_key_reused", "message": reason})
+    def _repeat(self, first: IdempotentCall, call: _Call) -> dict[str, Any]:
+        """A call that reuses an idempotency key: the first call's outcome, never a second run."""
+        call.requested["duplicate_of"] = first.execution_id
+        call.span.emit("action.requested", call.requested)
+        if (first.action_id, first.arguments_hash) != (call.execution.action_id, call.args_hash):
+            return self._refuse(call, "idempotency_key_reused", "the idempotency key was used for a different call")
         if first.response is None:
             message = "the first call with this idempotency key is still running"
-            return response.done("error", error={"code": "idempotency_key_in_progress", "message": message})
+            return call.response.done("error", error={"code": "idempotency_key_in_progress", "message": message})
         return dict(json.loads(json.dumps(first.response)))
-
-    def _finish(self, session: Session, key: str | None, done: dict[str, Any]) -> dict[str, Any]:
-        if key is not None:
-            self._sessions.complete_idempotency_key(session.session_id, key, json.loads(json.dumps(done)))
-        return done
 
     # -- approvals ------------------------------------------------------------
 
-    def _pending(
-        self,
-        session: Session,
-        loaded: LoadedAtlas,
-        action_id: str,
-        args_hash: str,
-        params: dict[str, Any],
-        decision: Decision,
-        now: datetime,
-        carried: Approval | None,
-    ) -> Approval:
+    def _pending(self, call: _Call, decision: Decision, loaded: LoadedAtlas, carried: Approval | None) -> Approval:
         """The pending approval for this call and policy (an existing one, or a new one).
 
         ``carried`` is the approval whose ticket the call presented: the new
-        approval's ticket will satisfy its policies too.
+        approval's ticket will satisfy its policies too, and redeem it with it.
         """
         requirement = decision.approval
         assert requirement is not None
+        session, action_id, args_hash = call.session, call.execution.action_id, call.args_hash
         satisfies = (*(carried.satisfies if carried is not None else ()), requirement.policy_id)
+        carries = (*carried.carries, carried.approval_id) if carried is not None else ()
         for existing in self._approvals.list(session_id=session.session_id, status="pending"):
-            if (existing.action_id, existing.arguments_hash, existing.satisfies, existing.atlas_digest) == (
+            if (existing.action_id, existing.arguments_hash, existing.carries, existing.satisfies) == (
                 action_id,
                 args_hash,
+                carries,
                 satisfies,
-                loaded.atlas.digest,
-            ):
+            ) and existing.atlas_digest == loaded.atlas.digest:
                 return existing
         approval = Approval(
             approval_id=self._ids.new_id(),
@@ -722,20 +714,22 @@ class Resolver:
             agent_id=session.agent_id,
             action_id=action_id,
             arguments_hash=args_hash,
-            parameters=json.loads(canonical_json(params)),
+            parameters=json.loads(call.arguments_json),
             policy_id=requirement.policy_id,
             atlas_digest=loaded.atlas.digest,
             satisfies=satisfies,
+            carries=carries,
             reason=requirement.reason,
             approver_roles=requirement.approver_roles,
             ticket_ttl_seconds=requirement.ticket_ttl_seconds,
-            requested_at=now,
+            requested_at=call.now,
         )
         self._approvals.put(approval)
         return approval
 
     def approvals(self, *, session_id: str | None = None, status: str | None = None) -> list[Approval]:
-        return self._approvals.list(session_id=session_id, status=status)
+        with self._lock:
+            return self._approvals.list(session_id=session_id, status=status)
 
     def get_approval(self, approval_id: str) -> Approval:
         approval = self._approvals.get(approval_id)
@@ -743,7 +737,12 @@ class Resolver:
             raise NotFoundError("approval", approval_id)
         return approval
 
-    def _decidable(self, approval_id: str, approver: str, approver_roles: Iterable[str]) -> tuple[Approval, Session]:
+    def _decidable(
+        self, approval_id: str, approver: str, approver_roles: Iterable[str], comment: str | None
+    ) -> tuple[Approval, Session]:
+        if comment is not None and (not isinstance(comment, str) or len(comment) > 2000):
+            raise ProtocolError("/comment", "must be a string of at most 2000 characters")
+        approver_roles = _names(approver_roles, "/approver_roles")
         approval = self.get_approval(approval_id)
         if approval.status != "pending":
             raise ApprovalError(f"approval {approval_id} is already {approval.status}")
@@ -760,25 +759,36 @@ class Resolver:
     def approve(
         self, approval_id: str, *, approver: str, approver_roles: Iterable[str] = (), comment: str | None = None
     ) -> ApprovalTicket:
-        """Grant a pending approval; returns the single-use ticket for exactly that call."""
+        """Grant a pending approval; returns the single-use ticket for exactly that call.
+
+        A ticket whose approval was asked for while the call carried earlier
+        approvals expires with the earliest of them.
+        """
         with self._lock:
-            approval, session = self._decidable(approval_id, approver, approver_roles)
+            approval, session = self._decidable(approval_id, approver, approver_roles, comment)
             now = self._clock.now()
-            expires = now + timedelta(seconds=approval.ticket_ttl_seconds)
-            approval = approval.decided(
-                "approved", approver=approver, comment=comment, decided_at=now, expires_at=expires
-            )
-            self._approvals.put(approval)
+            expiries = [now + timedelta(seconds=approval.ticket_ttl_seconds)]
+            for carried_id in approval.carries:
+                carried = self._approvals.get(carried_id)
+                if carried is None or carried.status != "approved" or carried.expires_at is None:
+                    raise ApprovalError(f"approval {carried_id}, which this call carried, is no longer valid")
+                expiries.append(carried.expires_at)
+            expires = min(expiries)
             payload: dict[str, Any] = {
                 "action_id": approval.action_id,
                 "approval_id": approval_id,
                 "policy_id": approval.policy_id,
+                "satisfies": list(approval.satisfies),
                 "approver": approver,
                 "expires_at": format_timestamp(expires),
             }
             if comment:
                 payload["comment"] = comment
             self._span(session, now).emit("action.approved", payload)
+            approval = approval.decided(
+                "approved", approver=approver, comment=comment, decided_at=now, expires_at=expires
+            )
+            self._approvals.put(approval)
             return issue_ticket(self._signer, approval)
 
     def deny(
@@ -786,10 +796,8 @@ class Resolver:
     ) -> Approval:
         """Refuse a pending approval. The call stays denied; the agent may not retry it with a ticket."""
         with self._lock:
-            approval, session = self._decidable(approval_id, approver, approver_roles)
+            approval, session = self._decidable(approval_id, approver, approver_roles, comment)
             now = self._clock.now()
-            approval = approval.decided("denied", approver=approver, comment=comment, decided_at=now)
-            self._approvals.put(approval)
             payload: dict[str, Any] = {
                 "action_id": approval.action_id,
                 "reason": f"approval refused by {approver}",
@@ -800,18 +808,17 @@ class Resolver:
             if comment:
                 payload["comment"] = comment
             self._span(session, now).emit("action.denied", payload)
+            approval = approval.decided("denied", approver=approver, comment=comment, decided_at=now)
+            self._approvals.put(approval)
             return approval
 
     def _redeemable(self, token: str, session: Session, action_id: str, args_hash: str, now: datetime) -> Approval:
-        """The approval a ticket presents, if it is genuine, unused, unexpired and for exactly this call."""
+        """The approval a ticket presents, if it and every approval it carries is genuine,
+        unused, unexpired and for exactly this call."""
         claims = read_ticket(self._signer, token)
         approval = self._approvals.get(claims["aid"])
         if approval is None:
             raise ApprovalError("approval ticket names an unknown approval")
-        if approval.status == "used":
-            raise ApprovalError(f"approval {approval.approval_id} was already used")
-        if approval.status != "approved":
-            raise ApprovalError(f"approval {approval.approval_id} is {approval.status}")
         owner = next((x for x in self._loaded.values() if x.atlas.action(action_id) is not None), None)
         binding = {
             "tenant": session.tenant_id,
@@ -828,6 +835,14 @@ class Resolver:
                 raise ApprovalError(f"approval ticket was issued for a different {names.get(claim, claim)}")
         if now.timestamp() >= claims["exp"]:
             raise ApprovalError(f"approval ticket expired at {format_timestamp(approval.expires_at or now)}")
+        for aid in (approval.approval_id, *approval.carries):
+            link = self._approvals.get(aid)
+            if link is None or link.status == "used":
+                raise ApprovalError(f"approval {aid} was already used")
+            if link.status != "approved" or link.expires_at is None:
+                raise ApprovalError(f"approval {aid} is {link.status}")
+            if now >= link.expires_at:
+                raise ApprovalError(f"approval {aid} expired at {format_timestamp(link.expires_at)}")
         return approval
 
     # -- internals ------------------------------------------------------------
@@ -882,7 +897,7 @@ class Resolver:
             outside = [a for a in req.atlas_ids if a not in session.atlas_ids]
             if outside:
                 raise ResolutionError(f"the session is confined to {list(session.atlas_ids)}; not {outside}")
-        wanted = req.atlas_ids or session.atlas_ids
+        wanted = req.atlas_ids if req.atlas_ids is not None else session.atlas_ids
         if wanted is None:
             if not self._loaded:
                 raise ResolutionError("no atlas is loaded")
@@ -894,6 +909,67 @@ class Resolver:
                 raise NotFoundError("atlas", aid)
             out.append(loaded)
         return out
+
+
+class _Call:
+    """What execute knows about one call while deciding it."""
+
+    __slots__ = (
+        "args_hash",
+        "arguments_json",
+        "execution",
+        "execution_id",
+        "now",
+        "record",
+        "requested",
+        "response",
+        "session",
+        "span",
+    )
+
+    def __init__(
+        self,
+        req: CarpRequest,
+        session: Session,
+        record: ResolutionRecord,
+        now: datetime,
+        span: SpanRecorder,
+        execution_id: str,
+        clock: Clock,
+    ) -> None:
+        assert req.execution is not None
+        self.execution = req.execution
+        self.session = session
+        self.record = record
+        self.now = now
+        self.span = span
+        self.execution_id = execution_id
+        self.arguments_json = canonical_json(req.execution.parameters)
+        self.args_hash = sha256_hex(self.arguments_json)
+        self.response = ResponseBuilder(
+            request_id=req.request_id,
+            resolution_id=req.execution.resolution_id,
+            execution_id=execution_id,
+            trace_id=session.trace_id,
+            clock=clock,
+        )
+        #: The ``action.requested`` payload, with its own copy of the arguments.
+        self.requested: dict[str, Any] = {
+            "action_id": req.execution.action_id,
+            "resolution_id": req.execution.resolution_id,
+            "parameters_hash": self.args_hash,
+            "parameters": json.loads(self.arguments_json),
+        }
+
+
+def _names(values: Iterable[str], path: str) -> list[str]:
+    """A list of non-empty strings; one bare string is refused, not split into letters."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ProtocolError(path, "must be a list of strings, not a single value")
+    items = list(values)
+    if not all(isinstance(v, str) and v for v in items):
+        raise ProtocolError(path, "must hold non-empty strings")
+    return items
 
 
 def _parse(request: Mapping[str, Any] | CarpRequest, operation: str) -> CarpRequest:

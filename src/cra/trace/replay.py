@@ -118,7 +118,7 @@ def replay(events: Sequence[TraceEvent], policies: Sequence[CompiledPolicy]) -> 
     if not chain.valid:
         problems.append(f"the chain does not verify: {chain.error} at event {chain.index} ({chain.detail})")
     resolutions: dict[str, tuple[str | None, Mapping[str, Any]]] = {}
-    approved: dict[str, str] = {}  # approval id -> the approval policy it satisfies
+    approved: dict[str, tuple[str, ...]] = {}  # approval id -> the approval policies its ticket satisfies
     pending_resolve: list[Decision] = []
     resolve_inputs: tuple[str | None, Mapping[str, Any]] = (None, {})
     call: tuple[EvalRequest, CompiledPolicy] | None = None
@@ -171,7 +171,9 @@ def replay(events: Sequence[TraceEvent], policies: Sequence[CompiledPolicy]) -> 
             pending_resolve = []
             resolutions[str(p.get("resolution_id"))] = resolve_inputs
         elif kind == "action.approved":
-            approved[str(p.get("approval_id"))] = str(p.get("policy_id"))
+            satisfies = p.get("satisfies")
+            names = satisfies if isinstance(satisfies, list) else [p.get("policy_id")]
+            approved[str(p.get("approval_id"))] = tuple(str(x) for x in names)
         elif kind == "action.requested":
             action = str(p.get("action_id"))
             params = p.get("parameters")
@@ -195,9 +197,7 @@ def replay(events: Sequence[TraceEvent], policies: Sequence[CompiledPolicy]) -> 
                     now=now,
                     session_id=session.session_id,
                     tenant_id=session.tenant,
-                    approved=frozenset(
-                        (approved[str(p["approval_id"])],) if str(p.get("approval_id")) in approved else ()
-                    ),
+                    approved=frozenset(approved.get(str(p.get("approval_id")), ())),
                 ),
                 compiled,
             )
