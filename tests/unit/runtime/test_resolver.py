@@ -11,6 +11,8 @@ import pytest
 
 from cra import (
     ApprovalError,
+    AtlasError,
+    Engine,
     ManualClock,
     NotFoundError,
     ProtocolError,
@@ -625,3 +627,226 @@ def test_arguments_that_are_not_json_are_refused() -> None:
     rid = h.resolve(sid)
     with pytest.raises(ProtocolError, match="not JSON"):
         h.execute(sid, rid, "pay.send", {"amount": float("inf")})
+
+
+# -- what the second review found -------------------------------------------------------------------------------------
+
+
+def two_approvals(ttl_first: int = 900) -> dict[str, Any]:
+    return atlas(
+        {
+            "policy_id": "cfo",
+            "type": "require_approval",
+            "actions": ["pay.send"],
+            "priority": 10,
+            "parameters": {"approver_roles": ["cfo"], "ticket_ttl_seconds": ttl_first},
+        },
+        {
+            "policy_id": "finance",
+            "type": "require_approval",
+            "actions": ["pay.send"],
+            "conditions": {"params": {"amount": {"gt": 100}}},
+            "parameters": {"approver_roles": ["finance"]},
+        },
+        {"policy_id": "allow-staff", "type": "allow", "actions": ["pay.*"], "conditions": {"roles": ["staff"]}},
+    )
+
+
+def chain_of_two(h: Harness, sid: str, rid: str, advance: float = 0) -> tuple[str, str]:
+    first = h.execute(sid, rid, "pay.send", {"amount": 500})
+    cfo = h.r.approve(first["result"]["approval_id"], approver="c", approver_roles=["cfo"])
+    second = h.execute(sid, rid, "pay.send", {"amount": 500}, ticket=cfo.token)
+    h.clock.advance(advance)
+    both = h.r.approve(second["result"]["approval_id"], approver="f", approver_roles=["finance"])
+    return cfo.token, both.token
+
+
+def test_a_chained_ticket_spends_every_approval_it_carries() -> None:
+    h = Harness(two_approvals())
+    sid = h.session()
+    rid = h.resolve(sid)
+    cfo, both = chain_of_two(h, sid, rid)
+    assert h.execute(sid, rid, "pay.send", {"amount": 500}, ticket=both)["status"] == "success"
+    assert h.execute(sid, rid, "pay.send", {"amount": 500}, ticket=cfo)["error"]["code"] == "invalid_approval"
+    assert len(h.calls) == 1
+    report = replay(h.r.get_trace(sid), [h.r.compiled("org.test.runtime")])
+    assert report.identical, report.to_dict()
+
+
+def test_a_chained_ticket_expires_with_the_earliest_approval() -> None:
+    h = Harness(two_approvals(ttl_first=60))
+    sid = h.session()
+    rid = h.resolve(sid)
+    _, both = chain_of_two(h, sid, rid, advance=30)
+    h.clock.advance(31)
+    late = h.execute(sid, rid, "pay.send", {"amount": 500}, ticket=both)
+    assert late["error"]["code"] == "invalid_approval"
+    assert "expired" in late["error"]["message"]
+
+
+def test_a_limit_denial_does_not_spend_the_ticket() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    for _ in range(5):
+        h.execute(sid, rid, "pay.send", {"amount": 90})
+    ticket = h.r.approve(_pending(h, sid, rid, amount=101), approver="f", approver_roles=["finance"])
+    assert h.execute(sid, rid, "pay.send", {"amount": 101}, ticket=ticket.token)["error"]["code"] == "budget_exceeded"
+    assert h.r.approvals(status="approved")[0].approval_id == ticket.approval_id
+
+
+def test_agent_limits_are_counted_per_tenant() -> None:
+    h = Harness()
+    acme = h.r.create_session("bot", "goal", roles=["staff"], tenant_id="acme")
+    globex = h.r.create_session("bot", "goal", roles=["staff"], tenant_id="globex")
+    ra, rg = h.resolve(acme), h.resolve(globex)
+    for _ in range(2):
+        assert h.execute(acme, ra, "doc.write", {"title": "a"})["status"] == "success"
+    assert h.execute(globex, rg, "doc.write", {"title": "g"})["status"] == "success"
+
+
+def test_an_empty_atlas_list_confines_to_nothing() -> None:
+    h = Harness()
+    sid = h.r.create_session("bot", "goal", roles=["staff"], atlas_ids=[])
+    resolution = h.r.resolve(h.request(sid, "resolve"))
+    assert (resolution["decision"]["type"], resolution["allowed_actions"]) == ("deny", [])
+    open_session = h.session()
+    body = h.request(open_session, "resolve")
+    body["atlas_ids"] = []
+    assert h.r.resolve(body)["allowed_actions"] == []
+
+
+def test_huge_numbers_are_decided_not_crashed_on() -> None:
+    manifest = atlas()
+    manifest["actions"][3]["parameters_schema"] = {"type": "object", "properties": {"amount": {"multipleOf": 0.5}}}
+    h = Harness(manifest)
+    sid = h.session()
+    rid = h.resolve(sid)
+    refused = h.execute(sid, rid, "pay.send", {"amount": 10**400})
+    assert refused["error"]["code"] == "invalid_parameters"
+
+
+def test_schemas_may_not_reach_outside_themselves() -> None:
+    manifest = atlas()
+    manifest["actions"][1]["parameters_schema"] = {"$ref": "file:///etc/passwd"}
+    with pytest.raises(AtlasError) as info:
+        Resolver().load_atlas(manifest)
+    assert info.value.path == "/actions/1/parameters_schema"
+
+
+def test_readers_and_sinks_get_copies() -> None:
+    class Meddler:
+        def emit(self, event: Any) -> None:
+            event.payload["tampered"] = True
+
+    clock = ManualClock(T0)
+    r = Resolver(clock=clock, ids=SeededIds(3, clock), sinks=[Meddler()])
+    r.load_atlas(atlas())
+    metadata: dict[str, Any] = {"ticket": {"id": "T-1"}}
+    sid = r.create_session("bot", "goal", roles=["staff"], metadata=metadata)
+    metadata["ticket"]["id"] = "T-2"
+    r.get_trace(sid)[0].payload["agent_id"] = "someone else"
+    r.verify_chain(sid)
+    assert r.get_trace(sid)[0].payload["metadata"] == {"ticket": {"id": "T-1"}}
+
+
+def test_a_failing_sink_is_logged_and_the_record_stands(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        def emit(self, event: Any) -> None:
+            raise OSError("disk full")
+
+    r = Resolver(sinks=[Broken()])
+    r.load_atlas(atlas())
+    sid = r.create_session("bot", "goal")
+    r.verify_chain(sid)
+    assert "disk full" in caplog.text
+
+
+def test_non_ascii_tickets_are_just_invalid() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    assert h.execute(sid, rid, "pay.send", {"amount": 250}, ticket="abc.\u00e9")["error"]["code"] == "invalid_approval"
+
+
+def test_a_single_string_is_not_a_list_of_roles() -> None:
+    h = Harness()
+    with pytest.raises(ProtocolError, match="roles"):
+        h.r.create_session("bot", "goal", roles="staff")
+    with pytest.raises(ProtocolError, match="roles"):
+        Engine.from_atlas(atlas()).evaluate(action="doc.read", agent="bot", roles="staff")
+
+
+def test_an_aborting_executor_is_recorded_before_it_propagates() -> None:
+    h = Harness()
+
+    def abort(params: dict[str, Any]) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    h.r.register_executor("doc.read", abort)
+    sid = h.session()
+    rid = h.resolve(sid)
+    with pytest.raises(KeyboardInterrupt):
+        h.execute(sid, rid, "doc.read", {})
+    failed = h.r.get_trace(sid)[-1]
+    assert (failed.event_type, failed.payload["error_code"]) == ("action.failed", "executor_aborted")
+    h.r.end_session(sid)  # nothing is left running
+
+
+def test_a_session_cannot_end_while_its_executor_runs() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+    seen: list[str] = []
+
+    def end_midway(params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            h.r.end_session(sid)
+        except SessionError as exc:
+            seen.append(str(exc))
+        return {}
+
+    h.r.register_executor("doc.read", end_midway)
+    assert h.execute(sid, rid, "doc.read", {})["status"] == "success"
+    assert "still has calls running" in seen[0]
+    h.r.end_session(sid)
+    assert h.types(sid)[-2:] == ["action.executed", "session.ended"]
+
+
+def test_an_idempotency_key_survives_an_approval_round() -> None:
+    h = Harness()
+    sid = h.session()
+    rid = h.resolve(sid)
+
+    def call(ticket: str | None = None) -> dict[str, Any]:
+        execution = {
+            "resolution_id": rid,
+            "action_id": "pay.send",
+            "parameters": {"amount": 250},
+            "idempotency_key": "k",
+        }
+        return h.r.execute(h.request(sid, "execute", execution=execution), approval_ticket=ticket)
+
+    pending = call()
+    ticket = h.r.approve(pending["result"]["approval_id"], approver="f", approver_roles=["finance"])
+    done = call(ticket.token)
+    assert done["status"] == "success"
+    assert call() == done
+    assert len(h.calls) == 1
+
+
+def test_a_default_deny_names_the_default_in_the_trace() -> None:
+    manifest = atlas({"policy_id": "reads", "type": "allow", "actions": ["doc.read"]})
+    manifest["policies"].append(
+        {
+            "policy_id": "writes",
+            "type": "allow",
+            "actions": ["doc.write"],
+            "conditions": {"params": {"title": {"eq": "ok"}}},
+        }
+    )
+    h = Harness(manifest)
+    sid = h.session()
+    rid = h.resolve(sid)
+    assert h.execute(sid, rid, "doc.write", {"title": "no"})["error"]["code"] == "default_deny"
+    assert h.r.get_trace(sid)[-1].payload["policy_id"] == "cra:default-deny"
