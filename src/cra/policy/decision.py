@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from cra.policy.compiler import CompiledPolicy
 
 __all__ = [
+    "EMPTY_MAPPING",
     "ApprovalRequirement",
     "Charge",
     "Decision",
@@ -29,7 +30,8 @@ __all__ = [
 ]
 
 
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
+#: A shared, read-only empty mapping: the default for absent params and context.
+EMPTY_MAPPING: Mapping[str, Any] = MappingProxyType({})
 
 
 class Effect(StrEnum):
@@ -55,7 +57,7 @@ class EvalRequest(NamedTuple):
     roles: frozenset[str] = frozenset()
     risk_tier: str | None = None
     params: Mapping[str, Any] | None = None
-    context: Mapping[str, Any] = _EMPTY
+    context: Mapping[str, Any] = EMPTY_MAPPING
     now: datetime | None = None
     session_id: str | None = None
     tenant_id: str | None = None

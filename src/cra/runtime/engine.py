@@ -8,7 +8,7 @@ from typing import Any
 
 from cra.errors import ProtocolError
 from cra.policy.compiler import CompiledPolicy, compile_atlas
-from cra.policy.decision import _EMPTY, Decision, Effect, EvalRequest, limit_exceeded
+from cra.policy.decision import EMPTY_MAPPING, Decision, Effect, EvalRequest, limit_exceeded
 from cra.protocol.atlas import Atlas
 from cra.protocol.validation import compile_validator
 from cra.runtime.atlas_files import AtlasSource, load_atlas
@@ -125,8 +125,8 @@ class Engine:
             agent,
             roles if isinstance(roles, frozenset) else frozenset(roles),
             compiled.effective_tier(action, risk_tier),
-            _EMPTY if params is None else params,
-            _EMPTY if context is None else context,
+            EMPTY_MAPPING if params is None else params,
+            EMPTY_MAPPING if context is None else context,
             now,
             session_id,
             self.tenant_id if tenant_id is None else tenant_id,
