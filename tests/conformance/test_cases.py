@@ -47,22 +47,12 @@ def test_hash_vector(case: dict[str, Any]) -> None:
 
 
 def _chain(length: int) -> list[TraceEvent]:
-    events: list[TraceEvent] = []
-    for i in range(length):
-        events.append(
-            build_event(
-                events[-1] if events else None,
-                event_id=f"00000000-0000-7000-8000-{i:012d}",
-                trace_id="11111111-1111-7111-8111-111111111111",
-                span_id="22222222-2222-7222-8222-222222222222",
-                parent_span_id=None,
-                session_id="33333333-3333-7333-8333-333333333333",
-                timestamp=f"2024-12-28T12:00:0{i}.000000Z",
-                event_type="session.started" if i == 0 else "policy.evaluated",
-                payload={"n": i},
-            )
-        )
-    return events
+    return _events(
+        [
+            {"event_type": "session.started" if i == 0 else "policy.evaluated", "payload": {"n": i}}
+            for i in range(length)
+        ]
+    )
 
 
 @pytest.mark.parametrize("case", CASES["chain"], ids=lambda c: c["test_id"])

@@ -26,7 +26,7 @@ from cra.policy.conditions import (
     tri_name,
 )
 from cra.policy.decision import ApprovalRequirement, Charge, Decision, Effect, EvalRequest, Step
-from cra.protocol.atlas import RISK_TIERS, Atlas
+from cra.protocol.atlas import RISK_TIERS, ActionSpec, Atlas
 
 __all__ = ["PHASES", "CompiledPolicy", "Rule", "compile_atlas"]
 
@@ -438,6 +438,25 @@ def _compile_rule(atlas: Atlas, index: int, capabilities: Mapping[str, frozenset
     return Rule(**common)
 
 
+def _implicit(
+    atlas: Atlas, action: ActionSpec, policy_id: str, type_: str, reason: str, parameters: dict[str, Any], **extra: Any
+) -> Rule:
+    """A policy CRA adds for a property of one action (``requires_confirmation``, ``rate_limit``)."""
+    return Rule(
+        policy_id=policy_id,
+        type=type_,
+        priority=0,
+        index=len(atlas.policies) + action.index,
+        patterns=(action.action_id,),
+        matchers=(action.action_id.__eq__,),
+        conditions=(),
+        reason=reason,
+        parameters=parameters,
+        implicit=True,
+        **extra,
+    )
+
+
 def compile_atlas(atlas: Atlas) -> CompiledPolicy:
     """Compile ``atlas``. Unknown policy types, condition keys, operators and
     parameters are :class:`~cra.errors.PolicyError`\\ s naming their JSON path."""
@@ -453,36 +472,16 @@ def compile_atlas(atlas: Atlas) -> CompiledPolicy:
     for action in atlas.actions:
         if action.requires_confirmation:
             reason = f"Action {action.action_id} requires a human's confirmation"
+            policy_id = f"cra:confirmation:{action.action_id}"
             rules.append(
-                Rule(
-                    policy_id=f"cra:confirmation:{action.action_id}",
-                    type="require_approval",
-                    priority=0,
-                    index=len(atlas.policies) + action.index,
-                    patterns=(action.action_id,),
-                    matchers=(action.action_id.__eq__,),
-                    conditions=(),
-                    reason=reason,
-                    parameters={},
-                    approval=ApprovalRequirement(f"cra:confirmation:{action.action_id}", reason),
-                    implicit=True,
-                )
-            )
+                _implicit(atlas, action, policy_id, "require_approval", reason, {},
+                          approval=ApprovalRequirement(policy_id, reason))
+            )  # fmt: skip
         if action.rate_limit is not None:
+            limit = action.rate_limit
+            reason = f"Rate limit of action {action.action_id} exceeded"
             rules.append(
-                Rule(
-                    policy_id=f"cra:rate_limit:{action.action_id}",
-                    type="rate_limit",
-                    priority=0,
-                    index=len(atlas.policies) + action.index,
-                    patterns=(action.action_id,),
-                    matchers=(action.action_id.__eq__,),
-                    conditions=(),
-                    reason=f"Rate limit of action {action.action_id} exceeded",
-                    parameters=dict(action.rate_limit),
-                    max_amount=action.rate_limit["max_calls"],
-                    window_seconds=action.rate_limit["window_seconds"],
-                    implicit=True,
-                )
-            )
+                _implicit(atlas, action, f"cra:rate_limit:{action.action_id}", "rate_limit", reason, dict(limit),
+                          max_amount=limit["max_calls"], window_seconds=limit["window_seconds"])
+            )  # fmt: skip
     return CompiledPolicy(atlas, tuple(rules))
