@@ -474,14 +474,29 @@ def compile_atlas(atlas: Atlas) -> CompiledPolicy:
             reason = f"Action {action.action_id} requires a human's confirmation"
             policy_id = f"cra:confirmation:{action.action_id}"
             rules.append(
-                _implicit(atlas, action, policy_id, "require_approval", reason, {},
-                          approval=ApprovalRequirement(policy_id, reason))
-            )  # fmt: skip
+                _implicit(
+                    atlas,
+                    action,
+                    policy_id,
+                    "require_approval",
+                    reason,
+                    {},
+                    approval=ApprovalRequirement(policy_id, reason),
+                )
+            )
         if action.rate_limit is not None:
             limit = action.rate_limit
             reason = f"Rate limit of action {action.action_id} exceeded"
             rules.append(
-                _implicit(atlas, action, f"cra:rate_limit:{action.action_id}", "rate_limit", reason, dict(limit),
-                          max_amount=limit["max_calls"], window_seconds=limit["window_seconds"])
-            )  # fmt: skip
+                _implicit(
+                    atlas,
+                    action,
+                    f"cra:rate_limit:{action.action_id}",
+                    "rate_limit",
+                    reason,
+                    dict(limit),
+                    max_amount=limit["max_calls"],
+                    window_seconds=limit["window_seconds"],
+                )
+            )
     return CompiledPolicy(atlas, tuple(rules))
