@@ -12,6 +12,8 @@ HTTP statuses: entry points map these classes in one place each.
     │       └── PolicyError  a policy that cannot be compiled
     ├── TraceError           a trace file that cannot be read (line + path + reason)
     ├── ChainError           a hash chain that does not verify (kind + index)
+    ├── ProofError           a Merkle proof, signed note, checkpoint or bundle that does not verify
+    ├── LedgerError          a ledger operation its stored state does not allow
     └── RuntimeStateError    a call that the runtime's state does not allow
         ├── NotFoundError    no such session, resolution, approval or atlas
         ├── SessionError     ended session, agent mismatch
@@ -28,8 +30,10 @@ __all__ = [
     "AtlasError",
     "CRAError",
     "ChainError",
+    "LedgerError",
     "NotFoundError",
     "PolicyError",
+    "ProofError",
     "ProtocolError",
     "ResolutionError",
     "RuntimeStateError",
@@ -109,6 +113,23 @@ class ChainError(CRAError):
         self.index = index
         self.detail = detail
         super().__init__(f"{kind} at event {index}: {detail}")
+
+
+class ProofError(CRAError):
+    """Evidence that does not verify: a Merkle proof, a signed note, a checkpoint,
+    a tlog-proof, an attestation or an export bundle, malformed or wrong.
+
+    Verifiers have one way to succeed; every other path raises this, saying what failed.
+    """
+
+    code = "proof_invalid"
+
+
+class LedgerError(CRAError):
+    """A ledger operation that the stored state does not allow: an unknown entry,
+    an event id already logged with other bytes, a missing or unreadable key."""
+
+    code = "ledger_error"
 
 
 class RuntimeStateError(CRAError):
