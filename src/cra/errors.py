@@ -14,6 +14,7 @@ HTTP statuses: entry points map these classes in one place each.
     ├── ChainError           a hash chain that does not verify (kind + index)
     ├── ProofError           a Merkle proof, signed note, checkpoint or bundle that does not verify
     ├── LedgerError          a ledger operation its stored state does not allow
+    │   └── LedgerConflict   an append that lost a race with another writer
     └── RuntimeStateError    a call that the runtime's state does not allow
         ├── NotFoundError    no such session, resolution, approval or atlas
         ├── SessionError     ended session, agent mismatch
@@ -30,6 +31,7 @@ __all__ = [
     "AtlasError",
     "CRAError",
     "ChainError",
+    "LedgerConflict",
     "LedgerError",
     "NotFoundError",
     "PolicyError",
@@ -130,6 +132,13 @@ class LedgerError(CRAError):
     an event id already logged with other bytes, a missing or unreadable key."""
 
     code = "ledger_error"
+
+
+class LedgerConflict(LedgerError):
+    """An append that lost a race: another writer grew the log first, or already
+    logged one of the event ids. The ledger reloads and retries."""
+
+    code = "ledger_conflict"
 
 
 class RuntimeStateError(CRAError):

@@ -203,6 +203,9 @@ class CompactRange:
         """The stored hashes to read to resume a log at ``size``: one range per edge subtree."""
         return _plan([(lo << level, (lo + 1) << level) for level, lo in _subtrees(0, size)])
 
+    def copy(self) -> CompactRange:
+        return CompactRange(self.size, self._nodes)
+
     def append(self, leaf: bytes) -> list[tuple[int, bytes]]:
         """Add a leaf hash; returns what to store: ``(stored index, hash)`` of the leaf
         and of every subtree it completes, in storage order."""

@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from cra.errors import LedgerConflict
 from cra.policy.decision import Charge, LimitBreach
 from cra.runtime.approvals import Approval
+from cra.runtime.ports import LedgerEntry, StoredAttestation
 from cra.runtime.records import IdempotentCall, ResolutionRecord, Session
 from cra.trace.event import TraceEvent
 
@@ -22,6 +24,7 @@ __all__ = [
     "MemoryApprovals",
     "MemoryCounters",
     "MemoryEventStore",
+    "MemoryLedgerStore",
     "MemoryResolutions",
     "MemorySessions",
     "MemorySink",
@@ -205,3 +208,79 @@ class MemoryApprovals:
             for a in self._approvals.values()
             if (session_id is None or a.session_id == session_id) and (status is None or a.status == status)
         ]
+
+
+class MemoryLedgerStore:
+    """An audit log kept in memory: for tests and for embedding without a data directory."""
+
+    def __init__(self) -> None:
+        self._entries: list[LedgerEntry] = []
+        self._hashes: list[bytes] = []
+        self._ids: dict[str, int] = {}
+        self._sessions: dict[str, list[int]] = {}
+        self._checkpoints: dict[int, str] = {}
+        self._attestations: dict[str, StoredAttestation] = {}
+        self._lock = threading.Lock()
+
+    def size(self) -> int:
+        return len(self._entries)
+
+    def append(
+        self,
+        start: int,
+        entries: Sequence[LedgerEntry],
+        hashes: Sequence[tuple[int, bytes]],
+        attestations: Sequence[StoredAttestation] = (),
+        checkpoint: tuple[int, str] | None = None,
+    ) -> None:
+        with self._lock:
+            if start != len(self._entries):
+                raise LedgerConflict(f"the log has {len(self._entries)} entries, not {start}")
+            ids = [e.event_id for e in entries]
+            if len(set(ids)) != len(ids) or any(i in self._ids for i in ids):
+                raise LedgerConflict("an event id in the batch is already logged")
+            if [i for i, _ in hashes] != list(range(len(self._hashes), len(self._hashes) + len(hashes))):
+                raise LedgerConflict("the Merkle hashes do not continue the stored sequence")
+            for offset, entry in enumerate(entries):
+                self._ids[entry.event_id] = start + offset
+                self._sessions.setdefault(entry.session_id, []).append(start + offset)
+            self._entries.extend(entries)
+            self._hashes.extend(h for _, h in hashes)
+            for att in attestations:
+                self._attestations[att.attestation_id] = att
+            if checkpoint is not None:
+                self._checkpoints[checkpoint[0]] = checkpoint[1]
+
+    def hashes(self, indexes: Sequence[int]) -> dict[int, bytes]:
+        n = len(self._hashes)
+        return {i: self._hashes[i] for i in indexes if 0 <= i < n}
+
+    def entries(self, start: int, stop: int) -> list[LedgerEntry]:
+        return self._entries[max(start, 0) : max(stop, 0)]
+
+    def find(self, event_ids: Sequence[str]) -> dict[str, int]:
+        return {i: self._ids[i] for i in event_ids if i in self._ids}
+
+    def session(self, session_id: str) -> list[int]:
+        return list(self._sessions.get(session_id, ()))
+
+    def put_checkpoint(self, size: int, note: str) -> None:
+        with self._lock:
+            self._checkpoints[size] = note
+
+    def checkpoint(self, size: int | None = None) -> tuple[int, str] | None:
+        if size is None:
+            if not self._checkpoints:
+                return None
+            size = max(self._checkpoints)
+        note = self._checkpoints.get(size)
+        return None if note is None else (size, note)
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        return sorted(self._checkpoints.items())
+
+    def attestation(self, attestation_id: str) -> StoredAttestation | None:
+        return self._attestations.get(attestation_id)
+
+    def attestations(self, session_id: str) -> list[StoredAttestation]:
+        return sorted((a for a in self._attestations.values() if a.session_id == session_id), key=lambda a: a.log_index)

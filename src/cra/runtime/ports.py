@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from cra.policy.decision import Charge, LimitBreach
 from cra.trace.event import TraceEvent
@@ -23,9 +23,12 @@ __all__ = [
     "CounterStore",
     "EventStore",
     "IdSource",
+    "LedgerEntry",
+    "LedgerStore",
     "ResolutionStore",
     "SessionStore",
     "Signer",
+    "StoredAttestation",
     "TraceSink",
 ]
 
@@ -121,3 +124,75 @@ class ApprovalStore(Protocol):
     def redeem(self, approval_id: str) -> bool:
         """Atomically turn an ``approved`` approval into ``used``; False if it was not ``approved``."""
         ...
+
+
+class LedgerEntry(NamedTuple):
+    """One leaf of the audit log: a TRACE event's exact bytes, with its ids for lookup."""
+
+    event_id: str
+    session_id: str
+    data: bytes
+
+
+class StoredAttestation(NamedTuple):
+    attestation_id: str
+    log_index: int
+    session_id: str
+    note: str
+
+
+class LedgerStore(Protocol):
+    """Durable storage of one append-only Merkle log (see :mod:`cra.ledger.merkle`).
+
+    ``append`` is the only write to entries and hashes, and it is atomic and
+    durable: when it returns, everything it was given survives a crash; when it
+    raises, none of it was stored.
+    """
+
+    def size(self) -> int: ...
+
+    def append(
+        self,
+        start: int,
+        entries: Sequence[LedgerEntry],
+        hashes: Sequence[tuple[int, bytes]],
+        attestations: Sequence[StoredAttestation] = (),
+        checkpoint: tuple[int, str] | None = None,
+    ) -> None:
+        """Store ``entries`` at indexes ``start``… with the Merkle hashes they complete,
+        their attestations and optionally a checkpoint, all or nothing.
+
+        Raises :class:`~cra.errors.LedgerConflict` when the log's size is no longer
+        ``start`` or an event id is already logged.
+        """
+        ...
+
+    def hashes(self, indexes: Sequence[int]) -> dict[int, bytes]:
+        """The stored hashes at these stored indexes (missing ones are left out)."""
+        ...
+
+    def entries(self, start: int, stop: int) -> list[LedgerEntry]:
+        """The entries at indexes ``start`` to ``stop - 1``, in order."""
+        ...
+
+    def find(self, event_ids: Sequence[str]) -> dict[str, int]:
+        """The log index of each of these event ids that is logged."""
+        ...
+
+    def session(self, session_id: str) -> list[int]:
+        """The log indexes of a session's events, in log order."""
+        ...
+
+    def put_checkpoint(self, size: int, note: str) -> None: ...
+
+    def checkpoint(self, size: int | None = None) -> tuple[int, str] | None:
+        """The newest signed checkpoint, or the one at exactly ``size``."""
+        ...
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        """Every stored checkpoint, oldest first."""
+        ...
+
+    def attestation(self, attestation_id: str) -> StoredAttestation | None: ...
+
+    def attestations(self, session_id: str) -> list[StoredAttestation]: ...

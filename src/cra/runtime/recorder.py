@@ -24,10 +24,11 @@ class SpanRecorder:
     the store holds it at that moment, so other operations (an executor calling
     back in, a sink reacting to an event) may interleave their own events.
     Sinks get their own copy of each payload, and a failing sink is logged, not
-    raised: the store, not the sink, is the record.
+    raised: the store, not the sink, is the record. The ``journal``, when given,
+    collects the events for the audit ledger to seal when the operation ends.
     """
 
-    __slots__ = ("_events", "_ids", "_parent", "_session", "_sinks", "span_id", "stamp")
+    __slots__ = ("_events", "_ids", "_journal", "_parent", "_session", "_sinks", "span_id", "stamp")
 
     def __init__(
         self,
@@ -35,6 +36,7 @@ class SpanRecorder:
         events: EventStore,
         ids: IdSource,
         sinks: Sequence[TraceSink],
+        journal: list[TraceEvent] | None = None,
         session: Session,
         span_id: str,
         parent: str | None,
@@ -43,6 +45,7 @@ class SpanRecorder:
         self._events = events
         self._ids = ids
         self._sinks = sinks
+        self._journal = journal
         self._session = session
         self.span_id = span_id
         self._parent = parent
@@ -67,6 +70,8 @@ class SpanRecorder:
             payload_json=payload_json,
         )
         self._events.append(event)
+        if self._journal is not None:
+            self._journal.append(event)
         if self._sinks:
             for sink in self._sinks:
                 try:

@@ -11,8 +11,10 @@ a slow tool does not stall other sessions and an executor may call back in.
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -21,11 +23,14 @@ from cra.context.select import ContextBlock
 from cra.errors import (
     ApprovalError,
     AtlasError,
+    CRAError,
+    LedgerError,
     NotFoundError,
     ProtocolError,
     ResolutionError,
     SessionError,
 )
+from cra.ledger.attestation import AtlasRef
 from cra.policy.compiler import CompiledPolicy
 from cra.policy.decision import Decision, Effect, EvalRequest, limit_exceeded
 from cra.policy.resolve import DEFAULT_DENY_ID, evaluate_actions, policy_event_payload
@@ -37,6 +42,7 @@ from cra.runtime.atlas_files import AtlasSource, load_atlas
 from cra.runtime.clock import SystemClock
 from cra.runtime.execution import Executor, Outcome, ResponseBuilder, invoke
 from cra.runtime.ids import SystemIds
+from cra.runtime.ledger import AttestationClaim, AuditLedger
 from cra.runtime.loaded import LoadedAtlas, prepare
 from cra.runtime.memory import (
     HmacSigner,
@@ -72,6 +78,8 @@ RESOLUTION_GUARD_ID: Final = "cra:resolution"
 PARAMETERS_GUARD_ID: Final = "cra:parameters_schema"
 _PLAN_CACHE_LIMIT: Final = 4096
 
+_log = logging.getLogger("cra.ledger")
+
 
 class Resolver:
     """Sessions, CARP resolve and execute, approvals, and the trace of it all.
@@ -96,6 +104,7 @@ class Resolver:
         approvals: ApprovalStore | None = None,
         signer: Signer | None = None,
         sinks: Iterable[TraceSink] = (),
+        ledger: AuditLedger | None = None,
         tenant_id: str = DEFAULT_TENANT,
         resolution_ttl_seconds: int = 3600,
         max_clock_skew_seconds: int = 300,
@@ -109,6 +118,9 @@ class Resolver:
         self._approvals: ApprovalStore = approvals or MemoryApprovals()
         self._signer: Signer = signer or HmacSigner()
         self._sinks = tuple(sinks)
+        self.ledger = ledger
+        self._unsealed: list[TraceEvent] = []
+        self._claims: list[AttestationClaim] = []
         self._tenant = tenant_id
         self._ttl = resolution_ttl_seconds
         self._skew = max_clock_skew_seconds
@@ -214,7 +226,7 @@ class Resolver:
             raise ProtocolError("/metadata", f"must be JSON: {exc}") from None
         if own_metadata:
             payload["metadata"] = own_metadata
-        with self._lock:
+        with self._sealing():
             for aid in confined or ():
                 if aid not in self._loaded:
                     raise NotFoundError("atlas", aid)
@@ -248,7 +260,7 @@ class Resolver:
     def end_session(self, session_id: str, reason: str = "completed") -> None:
         if reason not in ("completed", "timeout", "error", "cancelled"):
             raise ProtocolError("/reason", "must be completed, timeout, error or cancelled")
-        with self._lock:
+        with self._sealing():
             session = self._active(session_id)
             if self._inflight.get(session_id):
                 raise SessionError(f"session {session_id} still has calls running; end it when they are done")
@@ -259,6 +271,8 @@ class Resolver:
                 "session.ended", {"reason": reason, "duration_ms": duration, "action_count": executed}
             )
             self._sessions.put(replace(session, status="ended", ended_at=now))
+        if self.ledger is not None:
+            self.ledger.checkpoint()
 
     def get_trace(self, session_id: str) -> list[TraceEvent]:
         """The session's events, each with its own copy of the payload."""
@@ -281,7 +295,7 @@ class Resolver:
         the session's trace as ``error.occurred``.
         """
         req = _parse(request, "resolve")
-        with self._lock:
+        with self._sealing():
             session, now = self._admit(req)
             try:
                 loaded = self._select_atlases(session, req)
@@ -327,7 +341,7 @@ class Resolver:
                 "ttl_seconds": self._ttl,
                 "trace_id": session.trace_id,
             }
-            span.emit(
+            completed = span.emit(
                 "carp.resolution.completed",
                 {
                     "resolution_id": resolution_id,
@@ -339,6 +353,7 @@ class Resolver:
                     "ttl_seconds": self._ttl,
                 },
             )
+            self._attest(completed, plan.decision_type, None, req, loaded)
             self._resolutions.put(
                 ResolutionRecord(
                     resolution_id=resolution_id,
@@ -451,7 +466,7 @@ class Resolver:
         req = _parse(request, "execute")
         ex = req.execution
         assert ex is not None
-        with self._lock:
+        with self._sealing():
             session, now = self._admit(req)
             try:
                 record = self._resolutions.get(ex.resolution_id)
@@ -491,10 +506,10 @@ class Resolver:
         try:
             outcome = invoke(executor, call.arguments_json, loaded, ex.action_id, self._clock)  # without the lock
         except BaseException as exc:  # SystemExit, KeyboardInterrupt: record the abandoned call, then let it go
-            with self._lock:
+            with self._sealing():
                 self._settle(call, Outcome(0, error_code="executor_aborted", error_message=type(exc).__name__))
             raise
-        with self._lock:
+        with self._sealing():
             return self._settle(call, outcome)
 
     def _authorise(
@@ -648,10 +663,14 @@ class Resolver:
         span, action_id = call.span, decision.action
         if decision.effect is Effect.REQUIRES_APPROVAL:
             pending = self._pending(call, decision, loaded, carried)
-            span.emit("policy.evaluated", {**policy_event_payload(decision), "approval_id": pending.approval_id})
+            event = span.emit(
+                "policy.evaluated", {**policy_event_payload(decision), "approval_id": pending.approval_id}
+            )
+            self._attest(event, decision.effect.value, action_id, call.request, [loaded])
             result = {"approval_id": pending.approval_id, "policy_id": decision.policy_id, "reason": decision.reason}
             return call.response.done("pending_approval", result=result)
-        span.emit("policy.evaluated", policy_event_payload(decision))
+        event = span.emit("policy.evaluated", policy_event_payload(decision))
+        self._attest(event, decision.effect.value, action_id, call.request, [loaded])
         if decision.effect is Effect.ALLOW:
             return None
         if decision.details is not None and decision.policy_id is not None:
@@ -764,7 +783,7 @@ class Resolver:
         A ticket whose approval was asked for while the call carried earlier
         approvals expires with the earliest of them.
         """
-        with self._lock:
+        with self._sealing():
             approval, session = self._decidable(approval_id, approver, approver_roles, comment)
             now = self._clock.now()
             expiries = [now + timedelta(seconds=approval.ticket_ttl_seconds)]
@@ -795,7 +814,7 @@ class Resolver:
         self, approval_id: str, *, approver: str, approver_roles: Iterable[str] = (), comment: str | None = None
     ) -> Approval:
         """Refuse a pending approval. The call stays denied; the agent may not retry it with a ticket."""
-        with self._lock:
+        with self._sealing():
             approval, session = self._decidable(approval_id, approver, approver_roles, comment)
             now = self._clock.now()
             payload: dict[str, Any] = {
@@ -853,11 +872,52 @@ class Resolver:
             events=self._events,
             ids=self._ids,
             sinks=self._sinks,
+            journal=self._unsealed if self.ledger is not None else None,
             session=session,
             span_id=session.root_span_id if root else self._ids.new_id(),
             parent=None if root else session.root_span_id,
             stamp=format_timestamp(at),
         )
+
+    @contextmanager
+    def _sealing(self) -> Iterator[None]:
+        """Hold the runtime's lock for one operation, then seal its events into the ledger.
+
+        The operation's events, and the attestations of its decisions, are
+        appended to the ledger in one durable batch before the caller gets its
+        answer. If the ledger fails, :class:`~cra.errors.LedgerError` is raised
+        and the batch stays queued for the next operation to seal.
+        """
+        with self._lock:
+            try:
+                yield
+            except BaseException:
+                self._seal(quiet=True)
+                raise
+            self._seal(quiet=False)
+
+    def _seal(self, *, quiet: bool) -> None:
+        if self.ledger is None or not self._unsealed:
+            return
+        try:
+            self.ledger.append(self._unsealed, self._claims)
+        except (CRAError, OSError) as exc:
+            if quiet:
+                _log.exception("the ledger could not seal %d events; they stay queued", len(self._unsealed))
+                return
+            raise LedgerError(f"the ledger could not seal this operation's events: {exc}") from exc
+        self._unsealed.clear()
+        self._claims.clear()
+
+    def _attest(
+        self, event: TraceEvent, decision: str, action_id: str | None, req: CarpRequest, atlases: Iterable[LoadedAtlas]
+    ) -> None:
+        """Ask the ledger to attest a decision when the operation's events are sealed."""
+        if self.ledger is None:
+            return
+        refs = tuple(AtlasRef(x.atlas.atlas_id, x.atlas.version, x.atlas.digest) for x in atlases)
+        digest = "sha256:" + sha256_hex(canonical_json(req.to_dict()))
+        self._claims.append(AttestationClaim(event, decision, action_id, digest, refs))
 
     def _record_error(self, session: Session, now: datetime, req: CarpRequest, exc: Exception) -> None:
         code = getattr(exc, "code", "error")
@@ -921,6 +981,7 @@ class _Call:
         "execution_id",
         "now",
         "record",
+        "request",
         "requested",
         "response",
         "session",
@@ -938,6 +999,7 @@ class _Call:
         clock: Clock,
     ) -> None:
         assert req.execution is not None
+        self.request = req
         self.execution = req.execution
         self.session = session
         self.record = record

@@ -1,0 +1,331 @@
+"""The audit ledger as the runtime uses it: append events, sign checkpoints, prove.
+
+:class:`AuditLedger` keeps the right edge of the Merkle tree in memory (O(log n))
+and writes each batch of entries, the hashes they complete, their attestations
+and any checkpoint that falls due to its :class:`~cra.runtime.ports.LedgerStore`
+in one atomic, durable append. A checkpoint is signed when ``checkpoint_every``
+entries or ``checkpoint_interval`` seconds have passed since the last one (checked
+as entries arrive), and whenever a caller asks for one.
+
+Several processes may append to one store: an append that finds the log grown
+by another writer reloads the edge and tries again, and an event id that is
+already logged with the same bytes is not logged twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from cra.errors import LedgerConflict, LedgerError, NotFoundError, ProofError
+from cra.ledger.attestation import AtlasRef, Attestation
+from cra.ledger.bundle import Bundle, BundleEntry, ConsistencyProof
+from cra.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from cra.ledger.merkle import CompactRange, assemble, consistency_plan, inclusion_plan, leaf_hash
+from cra.ledger.note import NoteSigner, NoteVerifier
+from cra.ledger.tlog_proof import TlogProof
+from cra.runtime.clock import SystemClock
+from cra.runtime.ports import Clock, LedgerEntry, LedgerStore, StoredAttestation
+from cra.trace.event import TraceEvent
+from cra.trace.jsonl import dumps_event
+
+__all__ = ["AttestationClaim", "AuditLedger", "AuditReport", "Evidence", "entry_of"]
+
+_RETRIES = 5
+
+
+class AttestationClaim(NamedTuple):
+    """What the runtime asks the ledger to attest about one decision event."""
+
+    event: TraceEvent
+    decision: str
+    action_id: str | None
+    input_hash: str
+    atlases: tuple[AtlasRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """An attestation with what verifies it offline: the event's exact bytes and a tlog-proof."""
+
+    attestation: str
+    entry: bytes
+    proof: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """The outcome of recomputing a whole stored log."""
+
+    size: int
+    root: bytes
+    checkpoints: int
+
+
+def entry_of(event: TraceEvent) -> LedgerEntry:
+    """An event's leaf: its exact JSON line (see :func:`cra.trace.jsonl.dumps_event`)."""
+    return LedgerEntry(event.event_id, event.session_id, dumps_event(event).encode())
+
+
+class AuditLedger:
+    """One signed, append-only transparency log over TRACE events."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        signers: Sequence[NoteSigner],
+        *,
+        origin: str,
+        clock: Clock | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 1.0,
+        retired: Sequence[NoteVerifier] = (),
+    ) -> None:
+        if not signers:
+            raise LedgerError("the ledger needs at least one signing key")
+        if checkpoint_every < 1 or checkpoint_interval <= 0:
+            raise LedgerError("checkpoint_every and checkpoint_interval must be positive")
+        self._store = store
+        self._signers = tuple(signers)
+        self.origin = origin
+        self._clock: Clock = clock or SystemClock()
+        self._every = checkpoint_every
+        self._interval = checkpoint_interval
+        self.verifiers: tuple[NoteVerifier, ...] = (*(s.verifier for s in self._signers), *retired)
+        self._lock = threading.RLock()
+        self._tree = CompactRange()
+        self._signed_size = 0
+        self._signed_at = 0.0
+        self._resume()
+
+    def _now(self) -> float:
+        return self._clock.now().timestamp()
+
+    def _resume(self) -> None:
+        """Load the tree's right edge and the newest checkpoint from the store."""
+        size = self._store.size()
+        plan = CompactRange.plan(size)
+        hashes = self._store.hashes(plan.indexes)
+        try:
+            self._tree = CompactRange(size, assemble(plan, hashes))
+        except KeyError as exc:
+            raise LedgerError(f"the stored log of {size} entries is missing Merkle hash {exc}") from None
+        latest = self._store.checkpoint()
+        if latest is not None:
+            checkpoint = open_checkpoint(latest[1], self.verifiers, origin=self.origin)
+            if checkpoint.size > size or (checkpoint.size == size and checkpoint.root != self._tree.root()):
+                raise LedgerError(f"the stored log does not match its newest checkpoint (size {checkpoint.size})")
+        self._signed_size = latest[0] if latest is not None else 0
+        self._signed_at = self._now()
+
+    @property
+    def size(self) -> int:
+        with self._lock:
+            return self._tree.size
+
+    def root(self) -> bytes:
+        with self._lock:
+            return self._tree.root()
+
+    # -- appending ------------------------------------------------------------
+
+    def append(self, events: Sequence[TraceEvent], claims: Sequence[AttestationClaim] = ()) -> dict[str, int]:
+        """Log these events (and attest these decisions); returns each event id's log index."""
+        return self.append_entries([entry_of(e) for e in events], claims)
+
+    def append_entries(self, entries: Sequence[LedgerEntry], claims: Sequence[AttestationClaim] = ()) -> dict[str, int]:
+        """Log these entries durably, in order, skipping any already logged with the same
+        bytes; returns each event id's log index. An event id logged with other bytes is
+        refused, and then nothing of the batch is logged."""
+        ids = [e.event_id for e in entries]
+        if len(set(ids)) != len(ids):
+            raise LedgerError("the batch holds the same event id twice")
+        with self._lock:
+            for _ in range(_RETRIES):
+                try:
+                    return self._append(entries, claims)
+                except LedgerConflict:
+                    self._resume()
+                    logged = self._logged(entries)
+                    entries = [e for e in entries if e.event_id not in logged]
+                    claims = [c for c in claims if c.event.event_id not in logged]
+                    if not entries:
+                        return logged
+            raise LedgerError(f"the log kept growing under this append; gave up after {_RETRIES} tries")
+
+    def _logged(self, entries: Sequence[LedgerEntry]) -> dict[str, int]:
+        """Which of these entries the log already holds, refusing any with other bytes."""
+        found = self._store.find([e.event_id for e in entries])
+        for entry in entries:
+            index = found.get(entry.event_id)
+            if index is not None:
+                stored = self._store.entries(index, index + 1)
+                if not stored or stored[0].data != entry.data:
+                    raise LedgerError(f"event {entry.event_id} is already logged at index {index} with other bytes")
+        return found
+
+    def _append(self, entries: Sequence[LedgerEntry], claims: Sequence[AttestationClaim]) -> dict[str, int]:
+        start = self._tree.size
+        tree = self._tree.copy()
+        hashes: list[tuple[int, bytes]] = []
+        leaves: dict[str, tuple[int, bytes, LedgerEntry]] = {}
+        for offset, entry in enumerate(entries):
+            leaf = leaf_hash(entry.data)
+            hashes.extend(tree.append(leaf))
+            leaves[entry.event_id] = (start + offset, leaf, entry)
+        attestations = [self._attest(claim, leaves) for claim in claims]
+        checkpoint = None
+        now = self._now()
+        if tree.size - self._signed_size >= self._every or (
+            tree.size > self._signed_size and now - self._signed_at >= self._interval
+        ):
+            checkpoint = (tree.size, self._sign(tree))
+        self._store.append(start, entries, hashes, attestations, checkpoint)
+        self._tree = tree
+        if checkpoint is not None:
+            self._signed_size, self._signed_at = checkpoint[0], now
+        return {event_id: index for event_id, (index, _, _) in leaves.items()}
+
+    def _attest(self, claim: AttestationClaim, leaves: dict[str, tuple[int, bytes, LedgerEntry]]) -> StoredAttestation:
+        event = claim.event
+        if event.event_id not in leaves:
+            raise LedgerError(f"an attestation names event {event.event_id}, which is not in the batch")
+        index, leaf, entry = leaves[event.event_id]
+        attestation = Attestation(
+            attestation_id=event.event_id,
+            origin=self.origin,
+            log_index=index,
+            leaf_hash=leaf,
+            session_id=entry.session_id,
+            event_type=event.event_type,
+            decision=claim.decision,
+            action_id=claim.action_id,
+            input_hash=claim.input_hash,
+            atlases=claim.atlases,
+            timestamp=event.timestamp,
+        )
+        return StoredAttestation(event.event_id, index, entry.session_id, attestation.sign(self._signers))
+
+    def _sign(self, tree: CompactRange) -> str:
+        return sign_checkpoint(Checkpoint(self.origin, tree.size, tree.root()), self._signers)
+
+    # -- checkpoints and proofs -------------------------------------------------
+
+    def checkpoint(self) -> str:
+        """A signed checkpoint of the whole log: the newest one if it is current, else a new one."""
+        with self._lock:
+            size = self._tree.size
+            if size == 0:
+                raise LedgerError("the log is empty: there is nothing to checkpoint yet")
+            latest = self._store.checkpoint()
+            if latest is not None and latest[0] == size:
+                return latest[1]
+            note = self._sign(self._tree)
+            self._store.put_checkpoint(size, note)
+            self._signed_size, self._signed_at = size, self._now()
+            return note
+
+    def latest_checkpoint(self) -> str | None:
+        latest = self._store.checkpoint()
+        return None if latest is None else latest[1]
+
+    def _covering(self, index: int) -> tuple[Checkpoint, str]:
+        """The newest checkpoint, signed now if it does not yet cover ``index``."""
+        latest = self._store.checkpoint()
+        note = latest[1] if latest is not None and latest[0] > index else self.checkpoint()
+        return open_checkpoint(note, self.verifiers, origin=self.origin), note
+
+    def index_of(self, event_id: str) -> int:
+        index = self._store.find([event_id]).get(event_id)
+        if index is None:
+            raise NotFoundError("ledger entry", event_id)
+        return index
+
+    def entry(self, event_id: str) -> bytes:
+        """The exact bytes of a logged event: its leaf is ``SHA-256(0x00 ‖ these bytes)``."""
+        index = self.index_of(event_id)
+        return self._store.entries(index, index + 1)[0].data
+
+    def prove(self, event_id: str) -> str:
+        """A C2SP tlog-proof of the event against the newest checkpoint."""
+        with self._lock:
+            index = self.index_of(event_id)
+            checkpoint, note = self._covering(index)
+            return TlogProof(index, self._inclusion(index, checkpoint.size), note).format()
+
+    def _inclusion(self, index: int, size: int) -> tuple[bytes, ...]:
+        plan = inclusion_plan(index, size)
+        return tuple(assemble(plan, self._store.hashes(plan.indexes)))
+
+    def consistency(self, size1: int, size2: int | None = None) -> ConsistencyProof:
+        """A consistency proof from ``size1`` to ``size2`` (default: the newest checkpoint's size)."""
+        with self._lock:
+            if size2 is None:
+                latest = self._store.checkpoint()
+                size2 = latest[0] if latest is not None else self._tree.size
+            if size2 > self._tree.size:
+                raise ProofError(f"the log has {self._tree.size} entries; it has no tree of size {size2}")
+            plan = consistency_plan(size1, size2)
+            return ConsistencyProof(size1, size2, tuple(assemble(plan, self._store.hashes(plan.indexes))))
+
+    # -- attestations and exports ---------------------------------------------
+
+    def attestation(self, attestation_id: str) -> Evidence:
+        """An attestation with its event's bytes and a tlog-proof against the newest checkpoint."""
+        stored = self._store.attestation(attestation_id)
+        if stored is None:
+            raise NotFoundError("attestation", attestation_id)
+        return Evidence(stored.note, self.entry(attestation_id), self.prove(attestation_id))
+
+    def attestations(self, session_id: str) -> list[str]:
+        return [a.note for a in self._store.attestations(session_id)]
+
+    def export(self, session_id: str, *, since: int | None = None) -> Bundle:
+        """A session's events with their inclusion proofs, attestations and checkpoint;
+        with ``since``, also a consistency proof from that tree size."""
+        with self._lock:
+            indexes = self._store.session(session_id)
+            if not indexes:
+                raise NotFoundError("session in the ledger", session_id)
+            checkpoint, note = self._covering(max(indexes))
+            entries = []
+            for index in indexes:
+                entry = self._store.entries(index, index + 1)[0]
+                entries.append(BundleEntry(index, entry.data, self._inclusion(index, checkpoint.size)))
+            consistency = (
+                () if since is None or since == checkpoint.size else (self.consistency(since, checkpoint.size),)
+            )
+            return Bundle(note, tuple(entries), tuple(self.attestations(session_id)), consistency)
+
+    # -- audit ----------------------------------------------------------------
+
+    def audit(self, batch: int = 10_000) -> AuditReport:
+        """Recompute the whole log from its entries: every stored hash, and every stored
+        checkpoint's signature and root. Returns only if all of it matches."""
+        with self._lock:
+            size = self._tree.size
+            checkpoints = dict(self._store.checkpoints())
+            tree = CompactRange()
+            for start in range(0, size, batch):
+                chunk = self._store.entries(start, min(start + batch, size))
+                if len(chunk) != min(batch, size - start):
+                    raise LedgerError(f"the log is missing entries after index {start}")
+                expected: list[tuple[int, bytes]] = []
+                for entry in chunk:
+                    expected.extend(tree.append(leaf_hash(entry.data)))
+                    note = checkpoints.get(tree.size)
+                    if note is not None:
+                        signed = open_checkpoint(note, self.verifiers, origin=self.origin)
+                        if signed.root != tree.root():
+                            raise LedgerError(f"the checkpoint at size {tree.size} does not match the entries")
+                stored = self._store.hashes([i for i, _ in expected])
+                for i, value in expected:
+                    if stored.get(i) != value:
+                        raise LedgerError(f"stored Merkle hash {i} does not match the entries")
+            if tree.root() != self._tree.root():
+                raise LedgerError("the log's root does not match its entries")
+            if any(s > size for s in checkpoints):
+                raise LedgerError("a checkpoint is larger than the log")
+            return AuditReport(size, tree.root(), len(checkpoints))

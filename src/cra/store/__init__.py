@@ -1,0 +1,1 @@
+"""Storage adapters: durable implementations of the runtime's ports, and the data directory."""

@@ -1,0 +1,73 @@
+"""The data directory: where CRA keeps its state on one machine.
+
+``--data-dir`` wins, then ``$CRA_DATA_DIR``, then the per-user data directory
+(``$XDG_DATA_HOME/cra``, ``~/.local/share/cra``; ``~/Library/Application
+Support/cra`` on macOS; ``%LOCALAPPDATA%\\cra`` on Windows). ``cra serve`` uses
+the same directory.
+
+    <data dir>/
+      ledger.sqlite3        the audit log (entries, Merkle hashes, checkpoints, attestations)
+      keys/keyring.json     the log's origin and its keys' public halves and roles
+      keys/<key id>.key     each signing key (mode 0600, in a mode-0700 directory)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from cra.runtime.ledger import AuditLedger
+from cra.runtime.ports import Clock
+from cra.store.keys import Keyring
+from cra.store.ledger import SqliteLedgerStore
+
+__all__ = ["default_data_dir", "open_ledger", "resolve_data_dir"]
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory for this platform."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "cra"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "cra"
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return Path(xdg if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share") / "cra"
+
+
+def resolve_data_dir(explicit: str | Path | None = None) -> Path:
+    """``explicit``, else ``$CRA_DATA_DIR``, else :func:`default_data_dir`."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("CRA_DATA_DIR")
+    return Path(env).expanduser() if env else default_data_dir()
+
+
+def open_ledger(
+    data_dir: str | Path,
+    *,
+    create: bool = False,
+    clock: Clock | None = None,
+    checkpoint_every: int = 1000,
+    checkpoint_interval: float = 1.0,
+) -> AuditLedger:
+    """The audit ledger of a data directory, signed by its keyring's active keys.
+
+    With ``create``, a directory without keys gets a new log origin and key.
+    """
+    root = Path(data_dir)
+    keyring = Keyring(root / "keys")
+    if create and not keyring.exists:
+        keyring.generate()
+    origin = keyring.origin
+    store = SqliteLedgerStore(root / "ledger.sqlite3", origin=origin)
+    return AuditLedger(
+        store,
+        keyring.signers(),
+        origin=origin,
+        clock=clock,
+        checkpoint_every=checkpoint_every,
+        checkpoint_interval=checkpoint_interval,
+        retired=keyring.retired(),
+    )
