@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import shared_dir
 
 from cra.errors import ProofError
 from cra.ledger.merkle import root_from_inclusion, verify_consistency, verify_inclusion
-from tests.conftest import shared_dir
 
 VECTORS = shared_dir() / "conformance" / "tlog" / "merkle-testdata"
 INCLUSION = sorted((VECTORS / "inclusion").rglob("*.json"))

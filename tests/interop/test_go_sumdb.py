@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from cra.errors import ProofError
-from cra.ledger.checkpoint import Checkpoint, sign_checkpoint
+from cra.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from cra.ledger.merkle import (
     CompactRange,
     assemble,
@@ -34,8 +35,7 @@ from cra.ledger.merkle import (
 from cra.ledger.note import NoteSigner, add_signatures, sign_note
 from cra.ledger.tlog_proof import TlogProof, verify_tlog_proof
 
-from .conftest import GoVerify
-
+GoVerify = Callable[..., subprocess.CompletedProcess[str]]
 ORIGIN = "cra.example/ledger/interop-v1"
 SIZES = (1, 2, 7, 64, 1000)
 EXHAUSTIVE_UP_TO = 17
@@ -57,10 +57,8 @@ TWO_KEYS = (KEY_2025, KEY_2026)  # a key rotation: the old and the new key both 
 PETER_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
 PETER_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
 PETER_TEXT = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
-PETER_NOTE = (
-    PETER_TEXT
-    + "\n\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
-)
+PETER_SIGNATURE = "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM="
+PETER_NOTE = f"{PETER_TEXT}\n\u2014 PeterNeumann {PETER_SIGNATURE}\n"
 
 # What Go says when it rejects (golang.org/x/mod/sumdb/note and tlog error strings).
 BAD_SIGNATURE = "invalid signature for key"
@@ -80,7 +78,7 @@ def _event(seq: int) -> bytes:
         "kind": ("request", "decision", "tool_call", "response")[seq % 4],
         "decision": "deny" if seq % 7 == 3 else "allow",
         "input_sha256": hashlib.sha256(f"input {seq}".encode()).hexdigest(),
-        "note": "Zugriff verweigert – Datenschutz" if seq % 11 == 5 else "ok",
+        "note": "Zugriff verweigert: Datenschutzprüfung für Ärztin" if seq % 11 == 5 else "ok",
         "ts": f"2025-03-{1 + seq % 28:02d}T12:{seq % 60:02d}:00Z",
     }
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
@@ -157,17 +155,16 @@ def vkeys(*signers: NoteSigner) -> str:
     return ",".join(s.vkey for s in signers)
 
 
-def accepted(result: object) -> str:
+def accepted(result: subprocess.CompletedProcess[str]) -> str:
     """Go's stdout, after checking Go accepted."""
-    assert result.returncode == 0, f"Go rejected CRA's output (exit {result.returncode}):\n{result.stderr}"  # type: ignore[attr-defined]
-    return result.stdout  # type: ignore[attr-defined,no-any-return]
+    assert result.returncode == 0, f"Go rejected CRA's output (exit {result.returncode}):\n{result.stderr}"
+    return result.stdout
 
 
-def rejected(result: object, why: str) -> None:
+def rejected(result: subprocess.CompletedProcess[str], why: str) -> None:
     """Check Go rejected the input, for the reason ``why`` (a fragment of its message)."""
-    code, out, err = result.returncode, result.stdout, result.stderr  # type: ignore[attr-defined]
-    assert code == 1, f"Go did not reject the tampered input (exit {code}):\n{out}{err}"
-    assert why in err, f"Go rejected the input, but not because {why!r}:\n{err}"
+    assert result.returncode == 1, f"Go did not reject the input (exit {result.returncode}):\n{result.stdout}"
+    assert why in result.stderr, f"Go rejected the input, but not because {why!r}:\n{result.stderr}"
 
 
 def flip(data: bytes, at: int) -> bytes:
@@ -191,7 +188,8 @@ def test_go_verifies_the_peter_neumann_note_cra_signs(go_verify: GoVerify, files
     assert signer.vkey == PETER_VKEY
     note = sign_note(PETER_TEXT, [signer])
     assert note == PETER_NOTE, "CRA's signature differs from Go's documented one for the same key and text"
-    out = accepted(go_verify("note", PETER_VKEY, path := files(note, "peter.note")))
+    path = files(note, "peter.note")
+    out = accepted(go_verify("note", PETER_VKEY, path))
     assert out == f"{path}: verified PeterNeumann+c74f20a3\n"
     rejected(go_verify("note", PETER_VKEY, files(note.replace("answer", "Answer"), "edited.note")), BAD_SIGNATURE)
 
@@ -253,36 +251,43 @@ def _add_extension(note: str) -> str:
     return f"{head}\n{size}\n{root}\nextension line\n{rest}"
 
 
+def _corrupt_last_signature(note: str) -> str:
+    """``note`` with one bit of its last signature flipped (the key ID left intact)."""
+    at = note.rindex(" ") + 1
+    return note[:at] + b64(flip(base64.b64decode(note[at:]), 9)) + "\n"
+
+
+def _malform_first_signature(note: str) -> str:
+    return note.replace("ledger-2025 ", "ledger-2025 A", 1)
+
+
 CHECKPOINT_TAMPERS: dict[str, tuple[Callable[[str], str], tuple[NoteSigner, ...], str]] = {
     "size-edited": (_edit_size, ONE_KEY, BAD_SIGNATURE),
     "root-edited": (_edit_root, ONE_KEY, BAD_SIGNATURE),
     "origin-edited": (_edit_origin, ONE_KEY, BAD_SIGNATURE),
     "extension-added": (_add_extension, TWO_KEYS, BAD_SIGNATURE),
-    "signature-flipped": (lambda note: note.replace("ledger-2025 ", "ledger-2025 A", 1), ONE_KEY, "malformed note"),
-    "new-key-signature-bad": (
-        lambda note: note[: note.rindex(" ") + 1] + b64(flip(base64.b64decode(note[note.rindex(" ") + 1 :]), 9)) + "\n",
-        TWO_KEYS,
-        BAD_SIGNATURE,
-    ),
+    "new-key-signature-corrupted": (_corrupt_last_signature, TWO_KEYS, BAD_SIGNATURE),
+    "signature-line-malformed": (_malform_first_signature, ONE_KEY, "malformed note"),
 }
 
 
 @pytest.mark.parametrize("tamper", list(CHECKPOINT_TAMPERS))
 def test_go_rejects_an_edited_checkpoint(go_verify: GoVerify, files: Files, log: Log, tamper: str) -> None:
     edit, trusted, why = CHECKPOINT_TAMPERS[tamper]
-    note = log.checkpoint(64, [KEY_2025, KEY_2026])
+    note = log.checkpoint(64, TWO_KEYS)
     accepted(go_verify("note", vkeys(*trusted), files(note, "original.note")))
     edited = edit(note)
     assert edited != note
     rejected(go_verify("note", vkeys(*trusted), files(edited, "edited.note")), why)
+    with pytest.raises(ProofError):
+        open_checkpoint(edited, [k.verifier for k in trusted], origin=ORIGIN)
 
 
 def test_go_ignores_a_bad_signature_by_a_key_it_does_not_trust(go_verify: GoVerify, files: Files, log: Log) -> None:
-    note = log.checkpoint(64, TWO_KEYS)
-    last = note.rindex(" ") + 1
-    edited = note[:last] + b64(flip(base64.b64decode(note[last:]), 9)) + "\n"  # the 2026 signature
+    edited = _corrupt_last_signature(log.checkpoint(64, TWO_KEYS))  # the 2026 key's signature
     accepted(go_verify("note", KEY_2025.vkey, files(edited, "edited.note")))
     rejected(go_verify("note", KEY_2026.vkey, files(edited, "edited.note")), BAD_SIGNATURE)
+    rejected(go_verify("note", vkeys(*TWO_KEYS), files(edited, "edited.note")), BAD_SIGNATURE)
 
 
 @pytest.mark.parametrize(
@@ -349,13 +354,13 @@ def _flip_node(case: Inclusion, which: int) -> Inclusion:
     return _with_path(case, path)
 
 
-def _other_checkpoint(case: Inclusion, log: Log, signers: Sequence[NoteSigner], size: int = 0) -> Inclusion:
-    checkpoint = log.checkpoint(size or case.proof.checkpoint.count("\n") and _size_of(case), signers)
-    return replace(case, proof=replace(case.proof, checkpoint=checkpoint))
-
-
 def _size_of(case: Inclusion) -> int:
     return int(case.proof.checkpoint.split("\n")[1])
+
+
+def _other_checkpoint(case: Inclusion, log: Log, signers: Sequence[NoteSigner], size: int | None = None) -> Inclusion:
+    checkpoint = log.checkpoint(_size_of(case) if size is None else size, signers)
+    return replace(case, proof=replace(case.proof, checkpoint=checkpoint))
 
 
 INCLUSION_TAMPERS: dict[str, tuple[Callable[[Inclusion, Log], Inclusion], str]] = {
@@ -468,24 +473,29 @@ def fork(log: Log) -> Log:
 
 @dataclass(frozen=True)
 class Consistency:
+    """What a consistency check gets: two signed checkpoints and the proof JSON's sizes and nodes."""
+
     old: str
     new: str
     size1: int
     size2: int
     proof: tuple[bytes, ...]
-    roots: tuple[bytes, bytes]
 
+    @classmethod
+    def of(cls, log: Log, size1: int, size2: int) -> Consistency:
+        proof = tuple(log.consistency(size1, size2))
+        return cls(log.checkpoint(size1, ONE_KEY), log.checkpoint(size2, ONE_KEY), size1, size2, proof)
 
-def _consistency_case(log: Log, size1: int, size2: int, proof_for: tuple[int, int] | None = None) -> Consistency:
-    proof = tuple(log.consistency(*(proof_for or (size1, size2))))
-    return Consistency(
-        log.checkpoint(size1, ONE_KEY),
-        log.checkpoint(size2, ONE_KEY),
-        size1,
-        size2,
-        proof,
-        (log.roots[size1], log.roots[size2]),
-    )
+    def go_args(self, files: Files) -> tuple[Path, Path, Path]:
+        return _consistency_args(files, self.old, self.new, self.size1, self.size2, self.proof)
+
+    def cra_check(self) -> None:
+        """CRA's own verifiers, bound to the checkpoints the same way the Go CLI binds them."""
+        old = open_checkpoint(self.old, [KEY_2025.verifier], origin=ORIGIN)
+        new = open_checkpoint(self.new, [KEY_2025.verifier], origin=ORIGIN)
+        if (old.size, new.size) != (self.size1, self.size2):
+            raise ProofError("the proof's sizes are not the checkpoints' sizes")
+        verify_consistency(self.size1, self.size2, old.root, new.root, self.proof)
 
 
 def _flip_tree_node(case: Consistency, which: int) -> Consistency:
@@ -494,54 +504,69 @@ def _flip_tree_node(case: Consistency, which: int) -> Consistency:
     return replace(case, proof=tuple(proof))
 
 
+def _proof_for(case: Consistency, log: Log, size1: int, size2: int) -> Consistency:
+    """``case`` carrying a genuine proof, but for other sizes than its checkpoints'."""
+    return replace(case, proof=tuple(log.consistency(size1, size2)))
+
+
+def _checkpoints_swapped(log: Log, m: int, n: int) -> Consistency:
+    case = Consistency.of(log, m, n)
+    return replace(case, old=case.new, new=case.old, size1=n, size2=m)
+
+
+def _history_rewritten(log: Log, fork: Log, m: int, n: int) -> Consistency:
+    """The fork's new checkpoint and proof, against the honest old checkpoint."""
+    return replace(Consistency.of(fork, m, n), old=log.checkpoint(m, ONE_KEY))
+
+
+def _new_checkpoint_from_fork(log: Log, fork: Log, m: int, n: int) -> Consistency:
+    """The honest proof, but the fork's new checkpoint."""
+    return replace(Consistency.of(log, m, n), new=fork.checkpoint(n, ONE_KEY))
+
+
 CONSISTENCY_TAMPERS: dict[str, tuple[Callable[[Log, Log, int, int], Consistency], str]] = {
-    "first-node-flipped": (lambda log, _, m, n: _flip_tree_node(_consistency_case(log, m, n), 0), PROOF_FAILED),
-    "last-node-flipped": (lambda log, _, m, n: _flip_tree_node(_consistency_case(log, m, n), -1), PROOF_FAILED),
+    "first-node-flipped": (lambda log, _, m, n: _flip_tree_node(Consistency.of(log, m, n), 0), PROOF_FAILED),
+    "last-node-flipped": (lambda log, _, m, n: _flip_tree_node(Consistency.of(log, m, n), -1), PROOF_FAILED),
     "node-dropped": (
-        lambda log, _, m, n: replace(_consistency_case(log, m, n), proof=log.consistency(m, n)[:-1]),
+        lambda log, _, m, n: replace(Consistency.of(log, m, n), proof=tuple(log.consistency(m, n)[:-1])),
         PROOF_FAILED,
     ),
-    "proof-for-a-larger-old-size": (lambda log, _, m, n: _consistency_case(log, m, n, (m + 1, n)), PROOF_FAILED),
-    "proof-for-a-smaller-old-size": (lambda log, _, m, n: _consistency_case(log, m, n, (m - 1, n)), PROOF_FAILED),
-    "proof-for-a-smaller-new-size": (lambda log, _, m, n: _consistency_case(log, m, n, (m, n - 1)), PROOF_FAILED),
+    "proof-for-a-larger-old-size": (
+        lambda log, _, m, n: _proof_for(Consistency.of(log, m, n), log, m + 1, n),
+        PROOF_FAILED,
+    ),
+    "proof-for-a-smaller-old-size": (
+        lambda log, _, m, n: _proof_for(Consistency.of(log, m, n), log, m - 1, n),
+        PROOF_FAILED,
+    ),
+    "proof-for-a-smaller-new-size": (
+        lambda log, _, m, n: _proof_for(Consistency.of(log, m, n), log, m, n - 1),
+        PROOF_FAILED,
+    ),
     "sizes-not-the-checkpoints": (
-        lambda log, _, m, n: replace(
-            _consistency_case(log, m, n, (m + 1, n)), size1=m + 1, roots=(log.roots[m + 1], log.roots[n])
-        ),
+        lambda log, _, m, n: replace(Consistency.of(log, m, n), size1=m + 1, proof=tuple(log.consistency(m + 1, n))),
         "the checkpoints have sizes",
     ),
-    "checkpoints-swapped": (
-        lambda log, _, m, n: replace(
-            _consistency_case(log, n, m, (m, n)), size1=m, size2=n, old=log.checkpoint(n, ONE_KEY)
-        ),
-        "the checkpoints have sizes",
-    ),
-    "history-rewritten": (
-        lambda log, fork, m, n: replace(
-            _consistency_case(fork, m, n), old=log.checkpoint(m, ONE_KEY), roots=(log.roots[m], fork.roots[n])
-        ),
-        PROOF_FAILED,
-    ),
-    "new-checkpoint-from-a-fork": (
-        lambda log, fork, m, n: replace(
-            _consistency_case(log, m, n), new=fork.checkpoint(n, ONE_KEY), roots=(log.roots[m], fork.roots[n])
-        ),
-        PROOF_FAILED,
-    ),
+    "checkpoints-swapped": (lambda log, _, m, n: _checkpoints_swapped(log, m, n), "invalid inputs in CheckTree"),
+    "history-rewritten": (_history_rewritten, PROOF_FAILED),
+    "new-checkpoint-from-a-fork": (_new_checkpoint_from_fork, PROOF_FAILED),
 }
 
 
-@pytest.mark.parametrize(("size1", "size2"), [(7, 64), (64, 1000), (65, 1000)], ids=["7-to-64", "64-to-1000", "65-to-1000"])
+TAMPERED_PAIRS = [(7, 64), (64, 1000), (65, 1000)]
+
+
+@pytest.mark.parametrize(("size1", "size2"), TAMPERED_PAIRS, ids=[f"{m}-to-{n}" for m, n in TAMPERED_PAIRS])
 @pytest.mark.parametrize("tamper", list(CONSISTENCY_TAMPERS))
 def test_go_rejects_a_tampered_consistency_proof(
     go_verify: GoVerify, files: Files, log: Log, fork: Log, tamper: str, size1: int, size2: int
 ) -> None:
     make, why = CONSISTENCY_TAMPERS[tamper]
-    good = _consistency_case(log, size1, size2)
-    accepted(go_verify("consistency", KEY_2025.vkey, *_consistency_args(files, good.old, good.new, size1, size2, good.proof)))
+    good = Consistency.of(log, size1, size2)
+    accepted(go_verify("consistency", KEY_2025.vkey, *good.go_args(files)))
+    good.cra_check()
     bad = make(log, fork, size1, size2)
     assert bad != good
-    args = _consistency_args(files, bad.old, bad.new, bad.size1, bad.size2, bad.proof)
-    rejected(go_verify("consistency", KEY_2025.vkey, *args), why)
+    rejected(go_verify("consistency", KEY_2025.vkey, *bad.go_args(files)), why)
     with pytest.raises(ProofError):
-        verify_consistency(bad.size1, bad.size2, *bad.roots, bad.proof)
+        bad.cra_check()

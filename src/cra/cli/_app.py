@@ -24,6 +24,7 @@ from cra.trace.event import TraceEvent
 from cra.trace.jsonl import dumps_trace, loads_trace
 from cra.trace.replay import replay
 
+from ._ledger import keys_app, ledger_app, verify
 from ._output import EXIT_INVALID, EXIT_NEGATIVE, fail, print_json
 
 app = typer.Typer(
@@ -37,6 +38,9 @@ atlas_app = typer.Typer(help="Validate, lint, test and inspect atlases.", no_arg
 trace_app = typer.Typer(help="Verify, replay and compare TRACE files.", no_args_is_help=True)
 app.add_typer(atlas_app, name="atlas")
 app.add_typer(trace_app, name="trace")
+app.add_typer(keys_app, name="keys")
+app.add_typer(ledger_app, name="ledger")
+app.command("verify")(verify)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 AtlasArg = Annotated[Path, typer.Argument(help="An atlas package directory or a single atlas JSON file.")]
@@ -399,12 +403,17 @@ def demo(
         "cra-demo.trace.jsonl"
     ),
     atlas: Annotated[Path | None, typer.Option("--atlas", help="The customer-support example atlas.")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="CRA's data directory (default: $CRA_DATA_DIR, else the per-user data dir)."),
+    ] = None,
 ) -> None:
-    """Run a scripted support-agent session and print its governed timeline."""
+    """Run a scripted support-agent session, seal it into the audit ledger, and prove it."""
     from cra.cli._demo import run_demo
+    from cra.store.datadir import resolve_data_dir
 
     try:
-        code = run_demo(out, atlas)
+        code = run_demo(out, atlas, resolve_data_dir(data_dir))
     except CRAError as exc:
         fail(exc)
     if code:

@@ -3,11 +3,14 @@
 The agent resolves its task, makes allowed calls, is denied, hits a rate limit,
 asks for an approval that a supervisor grants and then uses, and exhausts its
 refund budget. Every step lands in a hash-chained trace that is written to a
-file, read back and verified.
+file, read back and verified, and is sealed into the data directory's signed
+audit ledger. The demo ends with a signed checkpoint, an export bundle of the
+session and a tlog-proof of one decision, each checked with ``cra verify``.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,12 @@ import typer
 
 import cra
 from cra.errors import CRAError
+from cra.ledger.bundle import verify_bundle
+from cra.ledger.checkpoint import checkpoint_of
+from cra.ledger.tlog_proof import verify_tlog_proof
 from cra.runtime.ids import SystemIds
 from cra.runtime.resolver import Resolver
+from cra.store.datadir import open_ledger
 from cra.trace.chain import check_chain
 from cra.trace.event import format_timestamp
 from cra.trace.jsonl import dumps_trace, loads_trace
@@ -95,9 +102,16 @@ def _outcome(response: dict[str, Any]) -> tuple[str, str | None]:
     return text, "red"
 
 
-def run_demo(out: Path, atlas_path: Path | None) -> int:
-    """Run the scripted session; return the exit code (0 when the trace verifies)."""
-    r = Resolver()
+def run_demo(out: Path, atlas_path: Path | None, data_dir: Path) -> int:
+    """Run the scripted session; return the exit code (0 when the trace and the proofs verify)."""
+    ledger = open_ledger(data_dir, create=True)
+    try:
+        return _run(Resolver(ledger=ledger), out, atlas_path, data_dir)
+    finally:
+        ledger.close()
+
+
+def _run(r: Resolver, out: Path, atlas_path: Path | None, data_dir: Path) -> int:
     ids = SystemIds()
     atlas = r.load_atlas(atlas_path or _default_atlas())
     _register_executors(r)
@@ -187,9 +201,41 @@ def run_demo(out: Path, atlas_path: Path | None) -> int:
     out.write_text(dumps_trace(r.get_trace(session_id)), "utf-8")
     report = check_chain(loads_trace(out.read_text("utf-8")))
     typer.echo("")
-    if report.valid:
-        typer.secho(f"trace   {report.event_count} events written to {out}; hash chain verified", fg="green")
-        typer.echo(f"        check it yourself: cra trace verify {out}")
-        return 0
-    typer.secho(f"trace   {out} does NOT verify: {report.error} at event {report.index}", fg="red")
-    return 1
+    if not report.valid:
+        typer.secho(f"trace   {out} does NOT verify: {report.error} at event {report.index}", fg="red")
+        return 1
+    typer.secho(f"trace   {report.event_count} events written to {out}; hash chain verified", fg="green")
+    typer.echo(f"        check it yourself: cra trace verify {out}")
+    return _seal_report(r, session_id, out, data_dir)
+
+
+def _seal_report(r: Resolver, session_id: str, out: Path, data_dir: Path) -> int:
+    """Write the ledger evidence of the session next to its trace and verify it as an auditor would."""
+    ledger = r.ledger
+    assert ledger is not None
+    stem = out.name.removesuffix(".trace.jsonl") if out.name.endswith(".trace.jsonl") else out.stem
+    files = {kind: out.with_name(f"{stem}.{kind}") for kind in ("bundle.json", "tlog-proof", "entry", "vkey")}
+    bundle = ledger.export(session_id)
+    files["bundle.json"].write_text(json.dumps(bundle.to_dict(), ensure_ascii=False, indent=2) + "\n", "utf-8")
+    # Prove one decision: the session's last attested one (the refund budget running out).
+    decision = json.loads(bundle.attestations[-1].split("\n")[1])
+    evidence = ledger.attestation(decision["attestation_id"])
+    files["tlog-proof"].write_text(evidence.proof, "utf-8")
+    files["entry"].write_bytes(evidence.entry)
+    files["vkey"].write_text("".join(v.vkey + "\n" for v in ledger.verifiers), "utf-8")
+
+    verify_bundle(bundle, ledger.verifiers)
+    verify_tlog_proof(evidence.proof, evidence.entry, ledger.verifiers)
+    checkpoint = checkpoint_of(bundle.checkpoint)
+    typer.secho(f"ledger  {len(bundle.entries)} events sealed in {checkpoint.origin} (data dir {data_dir})", fg="green")
+    typer.echo(f"        signed checkpoint: size {checkpoint.size}, root {bundle.checkpoint.split(chr(10))[2]}")
+    typer.echo(
+        f"        {len(bundle.attestations)} decisions attested; proof of a {decision['decision']} decision on "
+        f"{decision['action_id'] or 'the resolution'} at log index {decision['log_index']}"
+    )
+    typer.echo(f"        verify offline: cra verify {files['bundle.json']} --key {files['vkey']}")
+    typer.echo(
+        f"                        cra verify --proof {files['tlog-proof']} --entry {files['entry']} "
+        f"--key {files['vkey']}"
+    )
+    return 0

@@ -120,6 +120,11 @@ class AuditLedger:
         self._signed_size = latest[0] if latest is not None else 0
         self._signed_at = self._now()
 
+    def close(self) -> None:
+        """Close the store."""
+        with self._lock:
+            self._store.close()
+
     @property
     def size(self) -> int:
         with self._lock:

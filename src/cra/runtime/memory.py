@@ -284,3 +284,6 @@ class MemoryLedgerStore:
 
     def attestations(self, session_id: str) -> list[StoredAttestation]:
         return sorted((a for a in self._attestations.values() if a.session_id == session_id), key=lambda a: a.log_index)
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cra.protocol.canonical import canonical_json
 from cra.runtime.ports import EventStore, IdSource, TraceSink
 from cra.runtime.records import Session
 from cra.trace.event import TraceEvent, build_event
+from cra.trace.jsonl import copy_event
 
 __all__ = ["SpanRecorder"]
 
@@ -75,7 +74,7 @@ class SpanRecorder:
         if self._sinks:
             for sink in self._sinks:
                 try:
-                    sink.emit(event._replace(payload=json.loads(canonical_json(event.payload))))
+                    sink.emit(copy_event(event))
                 except Exception:  # noqa: BLE001 - a sink is an export; its failure must not undo the record
                     _log.exception("trace sink %r failed on event %s", sink, event.event_id)
         return event

@@ -68,6 +68,7 @@ from cra.runtime.recorder import SpanRecorder
 from cra.runtime.records import IdempotentCall, ResolutionRecord, Session
 from cra.trace.chain import verify_chain
 from cra.trace.event import TraceEvent, format_timestamp
+from cra.trace.jsonl import copy_event
 
 __all__ = ["DEFAULT_TENANT", "Executor", "Resolver"]
 
@@ -279,7 +280,7 @@ class Resolver:
         with self._lock:
             self.get_session(session_id)
             events = self._events.events(session_id)
-        return [e._replace(payload=json.loads(canonical_json(e.payload))) for e in events]
+        return [copy_event(e) for e in events]
 
     def verify_chain(self, session_id: str) -> None:
         """Return only if the session's chain verifies; raise :class:`~cra.errors.ChainError` otherwise."""

@@ -15,12 +15,18 @@ from cra.protocol.canonical import parse_json
 from cra.protocol.validation import validate
 from cra.trace.event import TraceEvent
 
-__all__ = ["dumps_event", "dumps_trace", "event_from_dict", "loads_trace"]
+__all__ = ["copy_event", "dumps_event", "dumps_trace", "event_from_dict", "loads_trace"]
 
 
 def dumps_event(event: TraceEvent) -> str:
     """One event as a JSON line (without the newline)."""
     return json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def copy_event(event: TraceEvent) -> TraceEvent:
+    """The event with its own deep copy of the payload, key order kept, so that the
+    copy serialises to exactly the same line (and ledger leaf) as the original."""
+    return event._replace(payload=json.loads(json.dumps(event.payload, ensure_ascii=False, allow_nan=False)))
 
 
 def dumps_trace(events: Iterable[TraceEvent]) -> str:

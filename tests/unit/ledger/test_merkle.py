@@ -174,6 +174,7 @@ CT_ROOTS = [
     "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
 ]
 
+ENTRIES = 600  # entries behind the mutation cases: room for sizes past the largest drawn one
 SIZES = st.integers(min_value=1, max_value=300)
 SEEDS = st.integers(min_value=0, max_value=2**16)
 PROPERTY = settings(max_examples=25, derandomize=True, deadline=None)
@@ -198,7 +199,7 @@ def test_compact_range_reproduces_the_published_ct_roots() -> None:
 
 
 def test_empty_root_is_the_hash_of_nothing() -> None:
-    assert EMPTY_ROOT == hashlib.sha256(b"").digest()
+    assert hashlib.sha256(b"").digest() == EMPTY_ROOT
     assert EMPTY_ROOT.hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert CompactRange().root() == EMPTY_ROOT
     assert CompactRange().size == 0
@@ -337,7 +338,7 @@ def test_assemble_reports_a_hash_the_store_did_not_return() -> None:
 def inclusion_cases(draw: st.DrawFn) -> tuple[RefTree, int, int, list[bytes]]:
     size = draw(st.integers(min_value=2, max_value=300), label="size")
     index = draw(st.integers(min_value=0, max_value=size - 1), label="index")
-    ref = RefTree(entries_for(draw(SEEDS, label="seed"), 400))
+    ref = RefTree(entries_for(draw(SEEDS, label="seed"), ENTRIES))
     proof = ref.inclusion(index, size)
     verify_inclusion(index, size, ref_leaf(ref.entries[index]), proof, ref.root(size))  # the unmutated proof is good
     return ref, index, size, proof
@@ -382,7 +383,9 @@ def test_inclusion_rejects_an_added_node(case: tuple[RefTree, int, int, list[byt
 def test_inclusion_rejects_swapped_nodes(case: tuple[RefTree, int, int, list[bytes]], data: st.DataObject) -> None:
     ref, index, size, proof = case
     if len(proof) < 2:
-        size += 2  # size 2 has one node; any bigger tree has two or more for every index
+        # One node: size 2, or the last leaf right of a perfect subtree (2^k + 1 leaves).
+        # Two more leaves put a subtree of at least three leaves around it.
+        size += 2
         proof = ref.inclusion(index, size)
     i, j = data.draw(st.lists(st.integers(0, len(proof) - 1), min_size=2, max_size=2, unique=True), label="nodes")
     assert proof[i] != proof[j]
@@ -394,7 +397,8 @@ def test_inclusion_rejects_swapped_nodes(case: tuple[RefTree, int, int, list[byt
 @given(case=inclusion_cases(), data=st.data())
 def test_inclusion_rejects_a_wrong_index(case: tuple[RefTree, int, int, list[bytes]], data: st.DataObject) -> None:
     ref, index, size, proof = case
-    other = data.draw(st.integers(min_value=0, max_value=size - 1).filter(lambda i: i != index), label="other")
+    other = (index + data.draw(st.integers(min_value=1, max_value=size - 1), label="offset")) % size
+    assert other != index
     leaf = ref_leaf(ref.entries[index])
     with pytest.raises(ProofError):
         verify_inclusion(other, size, leaf, proof, ref.root(size))
@@ -408,7 +412,7 @@ def test_inclusion_rejects_a_wrong_size(case: tuple[RefTree, int, int, list[byte
     # The claimed size comes with the true root of that size, as a checkpoint would give:
     # the path of another size must not lead to it.
     ref, index, size, proof = case
-    other = data.draw(st.integers(min_value=index + 1, max_value=400).filter(lambda n: n != size), label="other")
+    other = data.draw(st.integers(min_value=index + 1, max_value=ENTRIES).filter(lambda n: n != size), label="other")
     with pytest.raises(ProofError):
         verify_inclusion(index, other, ref_leaf(ref.entries[index]), proof, ref.root(other))
 
@@ -421,7 +425,7 @@ def test_inclusion_rejects_a_wrong_root_or_leaf(
     ref, index, size, proof = case
     leaf = ref_leaf(ref.entries[index])
     bit = data.draw(st.integers(min_value=0, max_value=255), label="bit")
-    other_size = data.draw(st.integers(min_value=1, max_value=400).filter(lambda n: n != size), label="other size")
+    other_size = data.draw(st.integers(min_value=1, max_value=ENTRIES).filter(lambda n: n != size), label="other size")
     for root in [flip_bit(ref.root(size), bit), ref.root(other_size), EMPTY_ROOT, leaf]:
         with pytest.raises(ProofError):
             verify_inclusion(index, size, leaf, proof, root)
@@ -438,7 +442,7 @@ def test_inclusion_rejects_a_wrong_root_or_leaf(
 def consistency_cases(draw: st.DrawFn) -> tuple[RefTree, int, int, list[bytes]]:
     size2 = draw(st.integers(min_value=2, max_value=300), label="size2")
     size1 = draw(st.integers(min_value=1, max_value=size2 - 1), label="size1")
-    ref = RefTree(entries_for(draw(SEEDS, label="seed"), 400))
+    ref = RefTree(entries_for(draw(SEEDS, label="seed"), ENTRIES))
     proof = ref.consistency(size1, size2)
     verify_consistency(size1, size2, ref.root(size1), ref.root(size2), proof)  # the unmutated proof is good
     return ref, size1, size2, proof
@@ -480,8 +484,8 @@ def test_consistency_rejects_an_added_node(case: tuple[RefTree, int, int, list[b
 @given(case=consistency_cases(), data=st.data())
 def test_consistency_rejects_swapped_nodes(case: tuple[RefTree, int, int, list[bytes]], data: st.DataObject) -> None:
     ref, size1, size2, proof = case
-    if len(proof) < 2:
-        size2 += 3  # only (1, 2) and (2^k, 2^k+1)... have one node; three more leaves always give two
+    while len(proof) < 2:  # one node when size1 is the left subtree of size2; grow size2 past it
+        size2 += 1
         proof = ref.consistency(size1, size2)
     i, j = data.draw(st.lists(st.integers(0, len(proof) - 1), min_size=2, max_size=2, unique=True), label="nodes")
     assert proof[i] != proof[j]
@@ -494,9 +498,9 @@ def test_consistency_rejects_swapped_nodes(case: tuple[RefTree, int, int, list[b
 def test_consistency_rejects_wrong_sizes(case: tuple[RefTree, int, int, list[bytes]], data: st.DataObject) -> None:
     # Each claimed size comes with the true root of that size: the proof must still fail.
     ref, size1, size2, proof = case
-    other1 = data.draw(st.integers(min_value=1, max_value=size2 - 1).filter(lambda n: n != size1), label="size1")
-    other2 = data.draw(st.integers(min_value=size1 + 1, max_value=400).filter(lambda n: n != size2), label="size2")
-    if other1 != size1:  # size2 == 2 leaves no other size1
+    other1 = data.draw(st.integers(min_value=1, max_value=size2 - 1), label="size1")
+    other2 = data.draw(st.integers(min_value=size1 + 1, max_value=ENTRIES).filter(lambda n: n != size2), label="size2")
+    if other1 != size1:  # with size2 == 2 there is no other size1
         _rejects_consistency(ref, other1, size2, proof)
     _rejects_consistency(ref, size1, other2, proof)
 
