@@ -237,7 +237,7 @@ def test_lint_reports_findings(tmp_path: Path) -> None:
 
 def test_demo_runs_and_its_trace_verifies(tmp_path: Path) -> None:
     out = tmp_path / "demo.trace.jsonl"
-    result = cra("demo", "--out", out)
+    result = cra("demo", "--out", out, "--data-dir", tmp_path / "data")
     assert result.returncode == 0, result.stdout + result.stderr
     for expected in ("needs approval", "rate_limit_exceeded", "budget_exceeded", "hash chain verified"):
         assert expected in result.stdout

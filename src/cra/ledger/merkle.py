@@ -192,6 +192,8 @@ class CompactRange:
     __slots__ = ("_nodes", "size")
 
     def __init__(self, size: int = 0, nodes: Sequence[bytes] = ()) -> None:
+        if size < 0:
+            raise ValueError(f"a tree cannot have {size} leaves")
         expected = len(_subtrees(0, size))
         if len(nodes) != expected:
             raise ValueError(f"a tree of size {size} has {expected} edge subtrees, got {len(nodes)}")

@@ -54,6 +54,14 @@ def key_id(name: str, public_key: bytes, alg: int = ED25519) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
+def _require_utf8(text: str, what: str) -> None:
+    """Refuse a str with no UTF-8 encoding (a lone surrogate): notes are UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ProofError(f"{what} is not valid Unicode (position {exc.start})") from None
+
+
 def _valid_name(name: str) -> bool:
     return bool(name) and "+" not in name and not any(c.isspace() for c in name) and not _CONTROL.search(name)
 
@@ -191,6 +199,7 @@ class Note(NamedTuple):
 
 
 def _check_text(text: str) -> None:
+    _require_utf8(text, "the note text")
     if not text.endswith("\n"):
         raise ProofError("the note text must end with a newline")
     if _CONTROL.search(text):
@@ -223,6 +232,7 @@ def parse_note(data: str | bytes) -> Note:
             data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ProofError("the note is not valid UTF-8") from exc
+    _require_utf8(data, "the note")
     if _CONTROL.search(data):
         raise ProofError("the note contains an ASCII control character other than newline")
     split = data.rfind("\n\n")
