@@ -7,6 +7,11 @@ The in-process API::
     decision = engine.evaluate(action="refund.create", agent="support-bot", roles=["agent"],
                                risk_tier="low", params={"amount": 120})
     print(decision.effect, decision.policy_id, decision.explain())
+
+Sealing every event into the signed audit ledger of a data directory::
+
+    from cra import Resolver, open_ledger
+    resolver = Resolver(ledger=open_ledger("./cra-data", create=True))
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -16,8 +21,10 @@ from cra.errors import (
     AtlasError,
     ChainError,
     CRAError,
+    LedgerError,
     NotFoundError,
     PolicyError,
+    ProofError,
     ProtocolError,
     ResolutionError,
     RuntimeStateError,
@@ -25,6 +32,8 @@ from cra.errors import (
     TraceError,
     ValidationError,
 )
+from cra.ledger.bundle import verify_bundle
+from cra.ledger.note import NoteSigner, NoteVerifier
 from cra.policy.decision import Decision, Effect, Step
 from cra.protocol.atlas import Atlas
 from cra.runtime.approvals import Approval, ApprovalTicket
@@ -32,8 +41,10 @@ from cra.runtime.atlas_files import load_atlas
 from cra.runtime.clock import ManualClock, SystemClock
 from cra.runtime.engine import Engine
 from cra.runtime.ids import SeededIds, SystemIds
-from cra.runtime.memory import MemoryCounters, MemoryEventStore, MemorySink
+from cra.runtime.ledger import AuditLedger
+from cra.runtime.memory import MemoryCounters, MemoryEventStore, MemoryLedgerStore, MemorySink
 from cra.runtime.resolver import Resolver
+from cra.store.datadir import open_ledger
 from cra.trace.chain import ChainReport, check_chain, verify_chain
 from cra.trace.event import TraceEvent
 from cra.trace.jsonl import dumps_trace, loads_trace
@@ -49,18 +60,24 @@ __all__ = [
     "ApprovalTicket",
     "Atlas",
     "AtlasError",
+    "AuditLedger",
     "CRAError",
     "ChainError",
     "ChainReport",
     "Decision",
     "Effect",
     "Engine",
+    "LedgerError",
     "ManualClock",
     "MemoryCounters",
     "MemoryEventStore",
+    "MemoryLedgerStore",
     "MemorySink",
     "NotFoundError",
+    "NoteSigner",
+    "NoteVerifier",
     "PolicyError",
+    "ProofError",
     "ProtocolError",
     "ResolutionError",
     "Resolver",
@@ -78,5 +95,7 @@ __all__ = [
     "dumps_trace",
     "load_atlas",
     "loads_trace",
+    "open_ledger",
+    "verify_bundle",
     "verify_chain",
 ]

@@ -5,6 +5,14 @@ from __future__ import annotations
 import cra
 
 EXPECTED = {
+    "AuditLedger",
+    "LedgerError",
+    "MemoryLedgerStore",
+    "NoteSigner",
+    "NoteVerifier",
+    "ProofError",
+    "open_ledger",
+    "verify_bundle",
     "Approval",
     "ApprovalError",
     "ApprovalTicket",
