@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -38,7 +39,6 @@ from cra.store.datadir import open_ledger
 from cra.store.keys import Keyring
 from cra.store.ledger import SqliteLedgerStore
 from cra.trace.event import TraceEvent, build_event, format_timestamp
-from cra.trace.jsonl import dumps_event
 
 ORIGIN = "example.com/cra/test-log"
 SIGNER = NoteSigner(ORIGIN, hashlib.sha256(b"cra test ledger key").digest())
@@ -241,11 +241,12 @@ def test_append_trace_events_logs_their_exact_json_lines(backend: Backend) -> No
     events = trace_events(12)
     assert ledger.append(events[:5]) == {e.event_id: i for i, e in enumerate(events[:5])}
     assert ledger.append(events[5:]) == {e.event_id: i for i, e in enumerate(events) if i >= 5}
+    # The leaf is the event's JSON line: its fields in protocol order, compact separators, UTF-8.
+    lines = [json.dumps(e._asdict(), ensure_ascii=False, separators=(",", ":")).encode() for e in events]
     for i, event in enumerate(events):
-        assert ledger.entry(event.event_id) == dumps_event(event).encode()
+        assert ledger.entry(event.event_id) == lines[i]
         assert ledger.index_of(event.event_id) == i
     assert backend.store().session(events[0].session_id) == list(range(12))
-    lines = [dumps_event(e).encode() for e in events]
     assert ledger.root() == Reference(lines).root(12)
 
 
@@ -388,11 +389,6 @@ def test_reappending_identical_entries_returns_their_indexes_and_logs_nothing(ba
     check_log(ledger, store, first + second)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: AuditLedger.append_entries returns only the newly logged ids of a batch that mixes logged "
-    "and new entries (the retry after LedgerConflict drops `logged` from its result)",
-)
 def test_a_batch_mixing_logged_and_new_entries_returns_every_index(backend: Backend) -> None:
     ledger = backend.ledger()
     ledger.append_entries(make_entries(0, 2))
@@ -484,22 +480,12 @@ def _stale_pair(backend: Backend) -> tuple[AuditLedger, AuditLedger, list[Ledger
     return a, b, logged
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: AuditLedger.audit() checks only the instance's in-memory size, so a writer that has not "
-    "appended since another one did raises 'a checkpoint is larger than the log' over a sound log",
-)
 def test_a_writer_that_missed_the_other_writers_appends_still_audits(backend: Backend) -> None:
     a, _, logged = _stale_pair(backend)
     report = a.audit()
     assert report.size == len(logged)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: AuditLedger.prove() of an entry another writer logged beyond this instance's tree signs and "
-    "stores a checkpoint of its stale size, then fails with 'leaf index ... outside a tree'",
-)
 def test_a_writer_proves_an_entry_the_other_writer_logged(backend: Backend) -> None:
     a, _, _ = _stale_pair(backend)
     backend.ledger(every=NEVER).append_entries(make_entries(6, 1))  # a third writer: no checkpoint covers 6
@@ -509,20 +495,26 @@ def test_a_writer_proves_an_entry_the_other_writer_logged(backend: Backend) -> N
 
 
 def test_two_sqlite_connections_appending_from_threads(tmp_path: Path) -> None:
-    """Real contention: two threads, each with its own connection, append concurrently."""
+    """Real contention: two threads, each with its own connection, race for every append."""
     backend = Backend("sqlite", tmp_path / "ledger.sqlite3")
     try:
         writers = [backend.ledger(every=16), backend.ledger(every=16)]
+        batches = [
+            [[make_entry(10_000 * w + 100 * k + j, session=w) for j in range(4)] for k in range(30)] for w in (0, 1)
+        ]
+        generated = {e.event_id: e for per_writer in batches for batch in per_writer for e in batch}
         results: list[dict[str, int]] = [{}, {}]
         errors: list[BaseException] = []
+        start = threading.Barrier(2, timeout=30)
 
         def run(w: int) -> None:
             try:
-                for k in range(30):
-                    batch = [make_entry(10_000 * w + 100 * k + j, session=w) for j in range(4)]
+                for batch in batches[w]:
+                    start.wait()  # both writers append at once: one of them finds the log grown and retries
                     results[w].update(writers[w].append_entries(batch))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread below
+            except BaseException as exc:  # noqa: BLE001 - collected, then reported by the assertion below
                 errors.append(exc)
+                start.abort()
 
         threads = [threading.Thread(target=run, args=(w,)) for w in (0, 1)]
         for t in threads:
@@ -532,12 +524,16 @@ def test_two_sqlite_connections_appending_from_threads(tmp_path: Path) -> None:
         assert errors == []
         indexes = {**results[0], **results[1]}
         assert sorted(indexes.values()) == list(range(240))
-        store = backend.store()
+        for w in (0, 1):  # each batch landed contiguously
+            for batch in batches[w]:
+                first = indexes[batch[0].event_id]
+                assert [indexes[e.event_id] for e in batch] == list(range(first, first + 4))
         in_order = sorted(indexes, key=indexes.__getitem__)
-        entries = store.entries(0, 240)
-        assert [e.event_id for e in entries] == in_order
+        writer_of = [generated[i].session_id for i in in_order]
+        assert sum(a != b for a, b in itertools.pairwise(writer_of)) >= 30  # both wrote in every round
+        store = backend.store()
         fresh = backend.ledger()
-        check_log(fresh, store, entries)
+        check_log(fresh, store, [generated[i] for i in in_order])
         assert fresh.audit().size == 240
     finally:
         backend.close()
@@ -778,11 +774,6 @@ def test_a_sqlite_file_of_another_application_is_refused(tmp_path: Path) -> None
         SqliteLedgerStore(path, origin=ORIGIN)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: SqliteLedgerStore.__init__ calls sqlite3.connect outside its try, so a path it cannot open "
-    "raises sqlite3.OperationalError instead of LedgerError",
-)
 def test_a_directory_at_the_store_path_is_refused_with_a_ledger_error(tmp_path: Path) -> None:
     (tmp_path / "ledger.sqlite3").mkdir()
     with pytest.raises(LedgerError):
@@ -790,11 +781,6 @@ def test_a_directory_at_the_store_path_is_refused_with_a_ledger_error(tmp_path: 
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd to list open files")
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: open_ledger opens the SqliteLedgerStore before reading the keys and building the "
-    "AuditLedger, and does not close it when either raises",
-)
 def test_a_failed_open_ledger_leaves_no_database_open(tmp_path: Path) -> None:
     _build_data_dir(tmp_path)
     (key,) = (tmp_path / "keys").glob("*.key")

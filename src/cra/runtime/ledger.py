@@ -98,7 +98,13 @@ class AuditLedger:
         self._tree = CompactRange()
         self._signed_size = 0
         self._signed_at = 0.0
+        self._opened: tuple[Checkpoint, str] | None = None  # the last checkpoint whose signature was checked
         self._resume()
+
+    def _refresh(self) -> None:
+        """Catch up with entries another writer appended to the same store."""
+        if self._store.size() != self._tree.size:
+            self._resume()
 
     def _now(self) -> float:
         return self._clock.now().timestamp()
@@ -147,13 +153,14 @@ class AuditLedger:
         ids = [e.event_id for e in entries]
         if len(set(ids)) != len(ids):
             raise LedgerError("the batch holds the same event id twice")
+        logged: dict[str, int] = {}
         with self._lock:
             for _ in range(_RETRIES):
                 try:
-                    return self._append(entries, claims)
+                    return {**logged, **self._append(entries, claims)}
                 except LedgerConflict:
                     self._resume()
-                    logged = self._logged(entries)
+                    logged.update(self._logged(entries))
                     entries = [e for e in entries if e.event_id not in logged]
                     claims = [c for c in claims if c.event.event_id not in logged]
                     if not entries:
@@ -221,6 +228,7 @@ class AuditLedger:
     def checkpoint(self) -> str:
         """A signed checkpoint of the whole log: the newest one if it is current, else a new one."""
         with self._lock:
+            self._refresh()
             size = self._tree.size
             if size == 0:
                 raise LedgerError("the log is empty: there is nothing to checkpoint yet")
@@ -240,7 +248,9 @@ class AuditLedger:
         """The newest checkpoint, signed now if it does not yet cover ``index``."""
         latest = self._store.checkpoint()
         note = latest[1] if latest is not None and latest[0] > index else self.checkpoint()
-        return open_checkpoint(note, self.verifiers, origin=self.origin), note
+        if self._opened is None or self._opened[1] != note:
+            self._opened = (open_checkpoint(note, self.verifiers, origin=self.origin), note)
+        return self._opened
 
     def index_of(self, event_id: str) -> int:
         index = self._store.find([event_id]).get(event_id)
@@ -267,6 +277,7 @@ class AuditLedger:
     def consistency(self, size1: int, size2: int | None = None) -> ConsistencyProof:
         """A consistency proof from ``size1`` to ``size2`` (default: the newest checkpoint's size)."""
         with self._lock:
+            self._refresh()
             if size2 is None:
                 latest = self._store.checkpoint()
                 size2 = latest[0] if latest is not None else self._tree.size
@@ -310,6 +321,7 @@ class AuditLedger:
         """Recompute the whole log from its entries: every stored hash, and every stored
         checkpoint's signature and root. Returns only if all of it matches."""
         with self._lock:
+            self._refresh()
             size = self._tree.size
             checkpoints = dict(self._store.checkpoints())
             tree = CompactRange()

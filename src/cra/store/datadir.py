@@ -61,13 +61,18 @@ def open_ledger(
     if create and not keyring.exists:
         keyring.generate()
     origin = keyring.origin
+    signers, retired = keyring.signers(), keyring.retired()
     store = SqliteLedgerStore(root / "ledger.sqlite3", origin=origin)
-    return AuditLedger(
-        store,
-        keyring.signers(),
-        origin=origin,
-        clock=clock,
-        checkpoint_every=checkpoint_every,
-        checkpoint_interval=checkpoint_interval,
-        retired=keyring.retired(),
-    )
+    try:
+        return AuditLedger(
+            store,
+            signers,
+            origin=origin,
+            clock=clock,
+            checkpoint_every=checkpoint_every,
+            checkpoint_interval=checkpoint_interval,
+            retired=retired,
+        )
+    except BaseException:
+        store.close()
+        raise

@@ -54,7 +54,10 @@ class SqliteLedgerStore:
     def __init__(self, path: str | Path, *, origin: str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path} cannot be opened as a ledger database: {exc}") from exc
         self._lock = threading.Lock()
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
