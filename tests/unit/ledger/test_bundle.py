@@ -131,11 +131,13 @@ def test_every_tampering_of_a_bundle_is_rejected(logged: tuple[AuditLedger, str,
         verify_bundle(parse_bundle(data), [KEY.verifier])
 
 
-def test_the_previous_checkpoint_must_be_extended_not_rolled_back_or_forked(
-    logged: tuple[AuditLedger, str, str],
-) -> None:
-    ledger, first, second = logged
-    old = ledger.export(first).checkpoint
+def test_the_previous_checkpoint_must_be_extended_not_rolled_back_or_forked() -> None:
+    clock = ManualClock(datetime(2026, 11, 22, 12, 0, tzinfo=UTC))
+    ledger = AuditLedger(MemoryLedgerStore(), [KEY], origin=ORIGIN, clock=clock)
+    ids = SeededIds(5, clock)
+    first = _session(ledger, clock, ids)
+    old = ledger.checkpoint()
+    second = _session(ledger, clock, ids)
     since = int(old.split("\n")[1])
     newer = ledger.export(second, since=since)
     report = verify_bundle(newer, [KEY.verifier], previous=old)
@@ -147,7 +149,9 @@ def test_the_previous_checkpoint_must_be_extended_not_rolled_back_or_forked(
         verify_bundle(plain, [KEY.verifier], previous=old)
     proof = ledger.consistency(since, int(plain.checkpoint.split("\n")[1]))
     assert verify_bundle(plain, [KEY.verifier], previous=old, consistency=[proof]).previous is not None
-    wrong = parse_consistency({**proof.to_dict(), "proof": list(reversed(proof.to_dict()["proof"]))})
+    nodes = proof.to_dict()["proof"]
+    nodes[0] = ("A" if nodes[0][0] != "A" else "B") + nodes[0][1:]
+    wrong = parse_consistency({**proof.to_dict(), "proof": nodes})
     with pytest.raises(ProofError):
         verify_bundle(plain, [KEY.verifier], previous=old, consistency=[wrong])
     forked = sign_note(f"{ORIGIN}\n{since}\n{'A' * 43}=\n", [KEY])
