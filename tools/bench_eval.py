@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
-import os
-import platform
 import random
 import statistics
 import sys
@@ -44,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-import cra
+from _bench import Target, attach_targets, emit, environment, latency_summary, p50_ns
 from cra import Decision, Engine, MemoryEventStore, Resolver, SystemClock, SystemIds, TraceEvent, verify_chain
 from cra.policy.resolve import evaluate_actions, policy_event_payload
 from cra.trace.event import build_event, format_timestamp
@@ -124,22 +121,6 @@ QUICK: Final = Counts(
     chain_events=10_000,
     chain_repeats=1,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A bound one figure should meet: at most ``bound``, or at least it if ``higher_is_better``."""
-
-    bound: float
-    higher_is_better: bool = False
-
-    def judge(self, value: float) -> dict[str, Any]:
-        met = value >= self.bound if self.higher_is_better else value <= self.bound
-        return {
-            "value": value,
-            "target": f"{'>=' if self.higher_is_better else '<='} {self.bound:g}",
-            "meets_target": met,
-        }
 
 
 TARGETS: Final[dict[str, dict[str, Target]]] = {
@@ -261,28 +242,6 @@ def check_semantics(engine: Engine) -> None:
 # -- measuring -----------------------------------------------------------------------------------------------------
 
 
-def _rank(ordered: Sequence[int], percent: float) -> int:
-    """Nearest-rank percentile of sorted samples."""
-    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
-
-
-def latency_summary(samples_ns: Sequence[int]) -> dict[str, float]:
-    """p50, p95, p99, mean, min and max of nanosecond samples, in microseconds."""
-    ordered = sorted(samples_ns)
-    return {
-        "p50": round(_rank(ordered, 50) / 1000, 3),
-        "p95": round(_rank(ordered, 95) / 1000, 3),
-        "p99": round(_rank(ordered, 99) / 1000, 3),
-        "mean": round(statistics.fmean(ordered) / 1000, 3),
-        "min": round(ordered[0] / 1000, 3),
-        "max": round(ordered[-1] / 1000, 3),
-    }
-
-
-def _p50_ns(samples_ns: Sequence[int]) -> float:
-    return float(_rank(sorted(samples_ns), 50))
-
-
 def _empty() -> None:
     return None
 
@@ -312,9 +271,9 @@ def measure_anchors(n: int) -> dict[str, Any]:
         lookup.append(t1 - t0)
     return {
         "method": "p50 of single operations, each timed like Engine.evaluate (one timer read included)",
-        "timer_overhead_p50_ns": _p50_ns(timer),
-        "empty_call_p50_ns": _p50_ns(empty),
-        "dict_lookup_p50_ns": _p50_ns(lookup),
+        "timer_overhead_p50_ns": p50_ns(timer),
+        "empty_call_p50_ns": p50_ns(empty),
+        "dict_lookup_p50_ns": p50_ns(lookup),
     }
 
 
@@ -384,9 +343,9 @@ def bench_evaluate(
 
     latency = latency_summary(samples)
     anchors = measure_anchors(counts.eval_requests)
-    p50_ns = latency["p50"] * 1000
-    anchors["evaluate_p50_over_empty_call"] = round(p50_ns / anchors["empty_call_p50_ns"], 1)
-    anchors["evaluate_p50_over_dict_lookup"] = round(p50_ns / anchors["dict_lookup_p50_ns"], 1)
+    evaluate_p50 = latency["p50"] * 1000
+    anchors["evaluate_p50_over_empty_call"] = round(evaluate_p50 / anchors["empty_call_p50_ns"], 1)
+    anchors["evaluate_p50_over_dict_lookup"] = round(evaluate_p50 / anchors["dict_lookup_p50_ns"], 1)
 
     effects = Counter(d.effect.value for d in decisions)
     result = {
@@ -411,7 +370,7 @@ def bench_evaluate(
         },
         "explain": {
             "decisions": len(explain_samples),
-            "p50_us": round(_p50_ns(explain_samples) / 1000, 3),
+            "p50_us": round(p50_ns(explain_samples) / 1000, 3),
             "sample": sample.explain().splitlines(),
         },
         "anchors": anchors,
@@ -598,41 +557,6 @@ def bench_chain_verify(payloads: Sequence[Mapping[str, Any]], counts: Counts) ->
 # -- the report ----------------------------------------------------------------------------------------------------
 
 
-def environment() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "cpus_available": affinity,
-        "perf_counter_resolution_ns": time.get_clock_info("perf_counter").resolution * 1e9,
-        "gc_enabled": gc.isenabled(),
-        "cra_version": cra.__version__,
-    }
-
-
-def _figure(workload: Mapping[str, Any], metric: str) -> float:
-    """The value a target refers to: ``p50_us`` reads ``latency_us.p50``, anything else a top-level figure."""
-    if metric.endswith("_us"):
-        return float(workload["latency_us"][metric.removesuffix("_us")])
-    return float(workload[metric])
-
-
-def attach_targets(workloads: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Put each workload's targets next to its figures; return the overall summary."""
-    missed: list[str] = []
-    total = 0
-    for name, targets in TARGETS.items():
-        judged = {metric: target.judge(_figure(workloads[name], metric)) for metric, target in targets.items()}
-        workloads[name]["targets"] = judged
-        total += len(judged)
-        missed.extend(f"{name}.{metric}" for metric, verdict in judged.items() if not verdict["meets_target"])
-    return {"targets": total, "met": total - len(missed), "missed": missed, "all_targets_met": not missed}
-
-
 def run(counts: Counts, seed: int, mode: str) -> dict[str, Any]:
     started = datetime.now(UTC)
     wall = time.perf_counter()
@@ -648,7 +572,7 @@ def run(counts: Counts, seed: int, mode: str) -> dict[str, Any]:
         "trace-append": bench_trace_append(payloads, counts),
         "chain-verify": bench_chain_verify(payloads, counts),
     }
-    summary = attach_targets(workloads)
+    summary = attach_targets(workloads, TARGETS)
     return {
         "format": FORMAT,
         "mode": mode,
@@ -669,10 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     report = run(QUICK if args.quick else FULL, args.seed, "quick" if args.quick else "full")
-    text = json.dumps(report, indent=2, ensure_ascii=False)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit(report, args.out)
     return 0
 
 
