@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import EXAMPLES
 
 from cra.errors import LedgerError, ProofError
 from cra.ledger.checkpoint import Checkpoint, checkpoint_of, open_checkpoint, sign_checkpoint
@@ -35,6 +36,7 @@ from cra.runtime.clock import ManualClock
 from cra.runtime.ledger import AuditLedger
 from cra.runtime.memory import MemoryLedgerStore
 from cra.runtime.ports import LedgerEntry, LedgerStore
+from cra.runtime.resolver import Resolver
 from cra.store.datadir import open_ledger
 from cra.store.keys import Keyring
 from cra.store.ledger import SqliteLedgerStore
@@ -931,3 +933,28 @@ def test_a_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
         open_ledger(tmp_path)
     path.chmod(0o600)
     _open_and_audit(tmp_path)
+
+
+def test_a_full_disk_is_a_ledger_error_and_the_resolver_keeps_the_events_to_seal_later(tmp_path: Path) -> None:
+    """SQLite's page limit makes the disk 'full'; nothing half-written is left, and the
+    events of the failed operation are sealed by the next one once there is room."""
+    key = NoteSigner("cra.test/full", bytes(range(32)))
+    store = SqliteLedgerStore(tmp_path / "ledger.sqlite3", origin="cra.test/full")
+    ledger = AuditLedger(store, [key], origin="cra.test/full")
+    resolver = Resolver(ledger=ledger)
+    resolver.load_atlas(EXAMPLES / "customer-support")
+    first = resolver.create_session(agent_id="support-bot", goal="g", roles=["agent"])
+    (pages,) = store._db.execute("PRAGMA page_count").fetchone()  # the test reaches in to fill the "disk"
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    try:
+        with pytest.raises(LedgerError, match="not stored"):
+            resolver.create_session(agent_id="support-bot", goal="g " * 5000, roles=["agent"])
+        assert ledger.size == 1
+        ledger.audit()
+        store._db.execute("PRAGMA max_page_count = 1073741823")
+        third = resolver.create_session(agent_id="support-bot", goal="g", roles=["agent"])
+        assert ledger.size == 3
+        assert {s.session_id for s in resolver.sessions()} - {first, third}
+        ledger.audit()
+    finally:
+        ledger.close()

@@ -11,6 +11,7 @@ session and a tlog-proof of one decision, each checked with ``cra verify``.
 from __future__ import annotations
 
 import json
+from base64 import b64encode
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import typer
 
 import cra
 from cra.errors import CRAError
+from cra.ledger.attestation import open_attestation
 from cra.ledger.bundle import verify_bundle
 from cra.ledger.checkpoint import checkpoint_of
 from cra.ledger.tlog_proof import verify_tlog_proof
@@ -218,8 +220,8 @@ def _seal_report(r: Resolver, session_id: str, out: Path, data_dir: Path) -> int
     bundle = ledger.export(session_id)
     files["bundle.json"].write_text(json.dumps(bundle.to_dict(), ensure_ascii=False, indent=2) + "\n", "utf-8")
     # Prove one decision: the session's last attested one (the refund budget running out).
-    decision = json.loads(bundle.attestations[-1].split("\n")[1])
-    evidence = ledger.attestation(decision["attestation_id"])
+    decision = open_attestation(bundle.attestations[-1], ledger.verifiers)
+    evidence = ledger.attestation(decision.attestation_id)
     files["tlog-proof"].write_text(evidence.proof, "utf-8")
     files["entry"].write_bytes(evidence.entry)
     files["vkey"].write_text("".join(v.vkey + "\n" for v in ledger.verifiers), "utf-8")
@@ -228,10 +230,10 @@ def _seal_report(r: Resolver, session_id: str, out: Path, data_dir: Path) -> int
     verify_tlog_proof(evidence.proof, evidence.entry, ledger.verifiers)
     checkpoint = checkpoint_of(bundle.checkpoint)
     typer.secho(f"ledger  {len(bundle.entries)} events sealed in {checkpoint.origin} (data dir {data_dir})", fg="green")
-    typer.echo(f"        signed checkpoint: size {checkpoint.size}, root {bundle.checkpoint.split(chr(10))[2]}")
+    typer.echo(f"        signed checkpoint: size {checkpoint.size}, root {b64encode(checkpoint.root).decode()}")
     typer.echo(
-        f"        {len(bundle.attestations)} decisions attested; proof of a {decision['decision']} decision on "
-        f"{decision['action_id'] or 'the resolution'} at log index {decision['log_index']}"
+        f"        {len(bundle.attestations)} decisions attested; proof of a {decision.decision} decision on "
+        f"{decision.action_id or 'the resolution'} at log index {decision.log_index}"
     )
     typer.echo(f"        verify offline: cra verify {files['bundle.json']} --key {files['vkey']}")
     typer.echo(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -171,7 +173,7 @@ def ledger_checkpoint(data_dir: DataDir = None, as_json: JsonFlag = False) -> No
         note = ledger.checkpoint()
         if as_json:
             cp = checkpoint_of(note)
-            print_json({"origin": cp.origin, "size": cp.size, "root": note.split("\n")[2], "note": note})
+            print_json({"origin": cp.origin, "size": cp.size, "root": base64.b64encode(cp.root).decode(), "note": note})
         else:
             typer.echo(note, nl=False)
 
@@ -215,8 +217,6 @@ def ledger_export(
     data_dir: DataDir = None,
 ) -> None:
     """Export a session's events with inclusion proofs, attestations and the checkpoint."""
-    import json
-
     with _ledger(data_dir, as_json=False) as ledger:
         text = json.dumps(ledger.export(session_id, since=since).to_dict(), ensure_ascii=False, indent=2) + "\n"
     if out is None:
@@ -241,8 +241,6 @@ def ledger_attestation(
 @ledger_app.command("check")
 def ledger_check(data_dir: DataDir = None, as_json: JsonFlag = False) -> None:
     """Recompute the whole stored log: every Merkle hash and every checkpoint."""
-    import base64
-
     with _ledger(data_dir, as_json=as_json) as ledger:
         report = ledger.audit()
     root = base64.b64encode(report.root).decode()

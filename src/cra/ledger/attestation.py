@@ -81,10 +81,6 @@ class Attestation:
     def sign(self, signers: Sequence[NoteSigner]) -> str:
         return sign_note(self.body(), signers)
 
-    def to_dict(self) -> dict[str, object]:
-        data: dict[str, object] = json.loads(self.body().split("\n")[1])
-        return data
-
 
 _FIELDS = frozenset(
     {

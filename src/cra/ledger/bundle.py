@@ -138,7 +138,11 @@ def parse_bundle(data: Any) -> Bundle:
         e = _object(item, path, {"index", "entry", "proof"})
         if not isinstance(e["entry"], str):
             raise ProofError(f"{path}/entry: must be the event's JSON line")
-        entries.append(BundleEntry(_int(e["index"], f"{path}/index"), e["entry"].encode(), _hashes(e["proof"], path)))
+        try:
+            entry = e["entry"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProofError(f"{path}/entry: is not valid Unicode") from None
+        entries.append(BundleEntry(_int(e["index"], f"{path}/index"), entry, _hashes(e["proof"], f"{path}/proof")))
     for i, note in enumerate(obj["attestations"]):
         if not isinstance(note, str):
             raise ProofError(f"/attestations/{i}: must be a signed attestation note")
@@ -171,10 +175,23 @@ class BundleReport:
 
 
 def _events(bundle: Bundle) -> list[TraceEvent]:
-    try:
-        return loads_trace("".join(e.entry.decode("utf-8") + "\n" for e in bundle.entries))
-    except (TraceError, UnicodeDecodeError) as exc:
-        raise ProofError(f"an entry is not a TRACE event: {exc}") from exc
+    """Each entry as a TRACE event: exactly one JSON line, one event."""
+    events = []
+    for i, item in enumerate(bundle.entries):
+        try:
+            text = item.entry.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProofError(f"/entries/{i}/entry: is not UTF-8") from None
+        if "\n" in text or "\r" in text:
+            raise ProofError(f"/entries/{i}/entry: must be one JSON line, without line breaks")
+        try:
+            parsed = loads_trace(text)
+        except TraceError as exc:
+            raise ProofError(f"/entries/{i}/entry: is not a TRACE event: {exc}") from exc
+        if len(parsed) != 1:
+            raise ProofError(f"/entries/{i}/entry: must hold exactly one TRACE event")
+        events.append(parsed[0])
+    return events
 
 
 def _check_previous(previous: Checkpoint, current: Checkpoint, proofs: Sequence[ConsistencyProof]) -> None:

@@ -23,7 +23,7 @@ from cra.errors import LedgerConflict, LedgerError, NotFoundError, ProofError
 from cra.ledger.attestation import AtlasRef, Attestation
 from cra.ledger.bundle import Bundle, BundleEntry, ConsistencyProof
 from cra.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from cra.ledger.merkle import CompactRange, assemble, consistency_plan, inclusion_plan, leaf_hash
+from cra.ledger.merkle import CompactRange, Plan, assemble, consistency_plan, inclusion_plan, leaf_hash
 from cra.ledger.note import NoteSigner, NoteVerifier
 from cra.ledger.tlog_proof import TlogProof
 from cra.runtime.clock import SystemClock
@@ -112,12 +112,7 @@ class AuditLedger:
     def _resume(self) -> None:
         """Load the tree's right edge and the newest checkpoint from the store."""
         size = self._store.size()
-        plan = CompactRange.plan(size)
-        hashes = self._store.hashes(plan.indexes)
-        try:
-            self._tree = CompactRange(size, assemble(plan, hashes))
-        except KeyError as exc:
-            raise LedgerError(f"the stored log of {size} entries is missing Merkle hash {exc}") from None
+        self._tree = CompactRange(size, self._read(CompactRange.plan(size)))
         latest = self._store.checkpoint()
         if latest is not None:
             checkpoint = open_checkpoint(latest[1], self.verifiers, origin=self.origin)
@@ -270,9 +265,15 @@ class AuditLedger:
             checkpoint, note = self._covering(index)
             return TlogProof(index, self._inclusion(index, checkpoint.size), note).format()
 
+    def _read(self, plan: Plan) -> tuple[bytes, ...]:
+        """The proof nodes (or edge) ``plan`` describes, from one read of the stored hashes."""
+        try:
+            return tuple(assemble(plan, self._store.hashes(plan.indexes)))
+        except KeyError as exc:
+            raise LedgerError(f"the stored log is missing Merkle hash {exc}") from None
+
     def _inclusion(self, index: int, size: int) -> tuple[bytes, ...]:
-        plan = inclusion_plan(index, size)
-        return tuple(assemble(plan, self._store.hashes(plan.indexes)))
+        return self._read(inclusion_plan(index, size))
 
     def consistency(self, size1: int, size2: int | None = None) -> ConsistencyProof:
         """A consistency proof from ``size1`` to ``size2`` (default: the newest checkpoint's size)."""
@@ -283,8 +284,7 @@ class AuditLedger:
                 size2 = latest[0] if latest is not None else self._tree.size
             if size2 > self._tree.size:
                 raise ProofError(f"the log has {self._tree.size} entries; it has no tree of size {size2}")
-            plan = consistency_plan(size1, size2)
-            return ConsistencyProof(size1, size2, tuple(assemble(plan, self._store.hashes(plan.indexes))))
+            return ConsistencyProof(size1, size2, self._read(consistency_plan(size1, size2)))
 
     # -- attestations and exports ---------------------------------------------
 

@@ -8,6 +8,7 @@ with ``synchronous=FULL``. ADR 0004 records the choice.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -109,8 +110,8 @@ class SqliteLedgerStore:
     ) -> None:
         with self._lock:
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
             try:
+                db.execute("BEGIN IMMEDIATE")
                 (size,) = db.execute(_SIZE).fetchone()
                 if size != start:
                     raise LedgerConflict(f"the log has {size} entries, not {start}")
@@ -127,11 +128,21 @@ class SqliteLedgerStore:
                     db.execute("INSERT OR REPLACE INTO checkpoints (size, note) VALUES (?, ?)", checkpoint)
                 db.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
-                db.execute("ROLLBACK")
+                self._rollback()
                 raise LedgerConflict(f"the batch collides with logged data: {exc}") from exc
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise LedgerError(f"{self.path}: the batch was not stored: {exc}") from exc
             except BaseException:
-                db.execute("ROLLBACK")
+                self._rollback()
                 raise
+
+    def _rollback(self) -> None:
+        """Undo the open transaction, if SQLite has not already ended it. A rollback that
+        fails leaves nothing committed either; the caller reports the first error."""
+        with contextlib.suppress(sqlite3.Error):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
 
     def _select(self, sql: str, keys: Sequence[object]) -> list[tuple[object, ...]]:
         rows: list[tuple[object, ...]] = []

@@ -15,6 +15,8 @@ from tests.conftest import EXAMPLES
 from cra.errors import ProofError
 from cra.ledger.attestation import verify_attestation
 from cra.ledger.bundle import Bundle, parse_bundle, parse_consistency, verify_bundle
+from cra.ledger.checkpoint import Checkpoint, sign_checkpoint
+from cra.ledger.merkle import leaf_hash
 from cra.ledger.note import NoteSigner, sign_note
 from cra.runtime.clock import ManualClock
 from cra.runtime.ids import SeededIds
@@ -193,7 +195,7 @@ def test_the_previous_checkpoint_must_be_extended_not_rolled_back_or_forked() ->
                 "attestations": [],
                 "consistency": [],
             },
-            "/entries/0/0",
+            "/entries/0/proof/0",
         ),
         (
             {
@@ -237,3 +239,39 @@ def test_an_attestation_verifies_with_its_entry_and_proof_and_nothing_else(
             verify_attestation(*bad, [KEY.verifier])
     with pytest.raises(ProofError):
         verify_attestation(evidence.attestation, evidence.entry, evidence.proof, [OTHER.verifier])
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        lambda lines: lines[0] + "\n" + lines[1],  # two events in one entry
+        lambda lines: "",  # an empty entry
+        lambda lines: lines[0] + "\r",  # a stray line break
+        lambda lines: "[1, 2]",  # JSON that is no event
+    ],
+)
+def test_a_logged_entry_that_is_not_exactly_one_event_is_a_proof_error(
+    logged: tuple[AuditLedger, str, str], entry: Any
+) -> None:
+    """Even when a (faulty or hostile) log really holds such bytes under a signed checkpoint."""
+    ledger, first, _ = logged
+    lines = [e["entry"] for e in _dict(ledger.export(first))["entries"]]
+    text = entry(lines)
+    checkpoint = sign_checkpoint(Checkpoint(ORIGIN, 1, leaf_hash(text.encode())), [KEY])
+    bundle = {
+        "format": "cra.dev/trace-bundle/v1",
+        "checkpoint": checkpoint,
+        "entries": [{"index": 0, "entry": text, "proof": []}],
+        "attestations": [],
+        "consistency": [],
+    }
+    with pytest.raises(ProofError, match="/entries/0/entry"):
+        verify_bundle(parse_bundle(bundle), [KEY.verifier])
+
+
+def test_an_entry_with_no_utf8_encoding_is_a_proof_error(logged: tuple[AuditLedger, str, str]) -> None:
+    ledger, first, _ = logged
+    data = _dict(ledger.export(first))
+    data["entries"][0]["entry"] = "\ud800"
+    with pytest.raises(ProofError, match="/entries/0/entry"):
+        parse_bundle(data)
