@@ -22,7 +22,6 @@ from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cra.errors import ProofError
 from cra.ledger._base64 import b64, unb64
@@ -149,7 +148,7 @@ class NoteSigner:
             raise ProofError("an Ed25519 private key seed is 32 bytes")
         self._seed = seed
         self._key = Ed25519PrivateKey.from_private_bytes(seed)
-        public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        public = self._key.public_key().public_bytes_raw()
         self.verifier = NoteVerifier(name, public)
 
     @classmethod
