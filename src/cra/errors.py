@@ -19,7 +19,8 @@ HTTP statuses: entry points map these classes in one place each.
         ├── NotFoundError    no such session, resolution, approval or atlas
         ├── SessionError     ended session, agent mismatch
         ├── ResolutionError  expired resolution, replayed request, clock skew
-        └── ApprovalError    bad, expired, used or mismatched ticket; forbidden approver
+        ├── ApprovalError    bad, expired, used or mismatched ticket; forbidden approver
+        └── ConflictError    a write that lost a race with another writer, or a duplicate
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "AtlasError",
     "CRAError",
     "ChainError",
+    "ConflictError",
     "LedgerConflict",
     "LedgerError",
     "NotFoundError",
@@ -168,3 +170,10 @@ class ResolutionError(RuntimeStateError):
 
 class ApprovalError(RuntimeStateError):
     code = "approval_error"
+
+
+class ConflictError(RuntimeStateError):
+    """A write that lost a race with another writer (the operation may be run again),
+    or that would duplicate something that exists (an atlas already loaded)."""
+
+    code = "conflict"

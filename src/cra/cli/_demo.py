@@ -25,6 +25,7 @@ from cra.ledger.bundle import verify_bundle
 from cra.ledger.checkpoint import checkpoint_of
 from cra.ledger.tlog_proof import verify_tlog_proof
 from cra.runtime.ids import SystemIds
+from cra.runtime.ledger import AuditLedger
 from cra.runtime.resolver import Resolver
 from cra.store.datadir import open_ledger
 from cra.trace.chain import check_chain
@@ -214,7 +215,7 @@ def _run(r: Resolver, out: Path, atlas_path: Path | None, data_dir: Path) -> int
 def _seal_report(r: Resolver, session_id: str, out: Path, data_dir: Path) -> int:
     """Write the ledger evidence of the session next to its trace and verify it as an auditor would."""
     ledger = r.ledger
-    assert ledger is not None
+    assert isinstance(ledger, AuditLedger)
     stem = out.name.removesuffix(".trace.jsonl") if out.name.endswith(".trace.jsonl") else out.stem
     files = {kind: out.with_name(f"{stem}.{kind}") for kind in ("bundle.json", "tlog-proof", "entry", "vkey")}
     bundle = ledger.export(session_id)

@@ -15,7 +15,9 @@ from cra.trace.event import TraceEvent
 
 if TYPE_CHECKING:
     from cra.runtime.approvals import Approval
-    from cra.runtime.records import IdempotentCall, ResolutionRecord, Session
+    from cra.runtime.ledger import AttestationClaim
+    from cra.runtime.records import AtlasRecord, IdempotentCall, ResolutionRecord, Session, SnapshotKeys
+    from cra.runtime.workspace import Changes, Snapshot
 
 __all__ = [
     "ApprovalStore",
@@ -26,8 +28,10 @@ __all__ = [
     "LedgerEntry",
     "LedgerStore",
     "ResolutionStore",
+    "Sealer",
     "SessionStore",
     "Signer",
+    "StateStore",
     "StoredAttestation",
     "TraceSink",
 ]
@@ -126,6 +130,19 @@ class ApprovalStore(Protocol):
         ...
 
 
+class Sealer(Protocol):
+    """Where the resolver seals each operation's events: the audit ledger, or a
+    service that seals them once they are committed (see :mod:`cra.runtime.workspace`)."""
+
+    def append(self, events: Sequence[TraceEvent], claims: Sequence[AttestationClaim] = ()) -> object:
+        """Seal these events, with attestations of the decisions ``claims`` name."""
+        ...
+
+    def checkpoint(self) -> object:
+        """Sign a checkpoint of everything sealed so far."""
+        ...
+
+
 class LedgerEntry(NamedTuple):
     """One leaf of the audit log: a TRACE event's exact bytes, with its ids for lookup."""
 
@@ -200,3 +217,64 @@ class LedgerStore(Protocol):
     def close(self) -> None:
         """Release the store's resources; it is not used afterwards."""
         ...
+
+
+class StateStore(Protocol):
+    """The service's durable state (async): what :class:`~cra.runtime.service.GovernanceService`
+    reads and commits. Commits are atomic and raise :class:`~cra.errors.ConflictError`
+    when they lose a race; reads are confined to one tenant."""
+
+    async def snapshot(self, keys: SnapshotKeys) -> Snapshot: ...
+
+    async def commit(self, changes: Changes) -> None: ...
+
+    async def unsealed(self, limit: int = 10_000) -> list[tuple[int, TraceEvent, AttestationClaim | None]]:
+        """Committed events not yet sealed into the ledger, in commit order, with their claims."""
+        ...
+
+    async def mark_sealed(self, row_ids: Sequence[int]) -> None: ...
+
+    async def session(self, tenant_id: str, session_id: str) -> Session | None: ...
+
+    async def sessions(
+        self,
+        tenant_id: str,
+        *,
+        agent_id: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Session], int]: ...
+
+    async def events(
+        self,
+        session_id: str,
+        *,
+        event_type: str | None = None,
+        since_sequence: int | None = None,
+        limit: int | None = None,
+    ) -> list[TraceEvent]: ...
+
+    async def approval(self, tenant_id: str, approval_id: str) -> Approval | None: ...
+
+    async def approvals(
+        self,
+        tenant_id: str,
+        *,
+        status: str | None = None,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        action_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Approval], int]: ...
+
+    async def atlases(self, tenant_id: str) -> list[AtlasRecord]: ...
+
+    async def atlas_digests(self, tenant_id: str) -> dict[str, str]: ...
+
+    async def put_atlas(self, record: AtlasRecord, *, replace: bool) -> None: ...
+
+    async def delete_atlas(self, tenant_id: str, atlas_id: str) -> bool: ...
+
+    async def close(self) -> None: ...

@@ -1,4 +1,4 @@
-"""What the runtime remembers between calls: sessions and resolutions."""
+"""What the runtime remembers between calls: sessions, resolutions, stored atlases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["IdempotentCall", "ResolutionRecord", "Session"]
+__all__ = ["AtlasRecord", "IdempotentCall", "ResolutionRecord", "Session", "SnapshotKeys"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +48,25 @@ class IdempotentCall:
     arguments_hash: str
     execution_id: str
     response: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotKeys:
+    """What one operation may read."""
+
+    tenant_id: str
+    session_id: str | None = None
+    whole_chain: bool = False
+    resolution_id: str | None = None
+    request_id: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AtlasRecord:
+    tenant_id: str
+    atlas_id: str
+    version: str
+    digest: str
+    source: str
+    loaded_at: str

@@ -42,7 +42,7 @@ from cra.runtime.atlas_files import AtlasSource, load_atlas
 from cra.runtime.clock import SystemClock
 from cra.runtime.execution import Executor, Outcome, ResponseBuilder, invoke
 from cra.runtime.ids import SystemIds
-from cra.runtime.ledger import AttestationClaim, AuditLedger
+from cra.runtime.ledger import AttestationClaim
 from cra.runtime.loaded import LoadedAtlas, prepare
 from cra.runtime.memory import (
     HmacSigner,
@@ -60,6 +60,7 @@ from cra.runtime.ports import (
     EventStore,
     IdSource,
     ResolutionStore,
+    Sealer,
     SessionStore,
     Signer,
     TraceSink,
@@ -105,7 +106,7 @@ class Resolver:
         approvals: ApprovalStore | None = None,
         signer: Signer | None = None,
         sinks: Iterable[TraceSink] = (),
-        ledger: AuditLedger | None = None,
+        ledger: Sealer | None = None,
         tenant_id: str = DEFAULT_TENANT,
         resolution_ttl_seconds: int = 3600,
         max_clock_skew_seconds: int = 300,

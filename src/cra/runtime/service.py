@@ -1,0 +1,404 @@
+"""The governance service: the resolver's semantics over durable, shared, per-tenant state.
+
+Each tenant has its own :class:`~cra.runtime.resolver.Resolver`, holding only
+the tenant's compiled atlases; sessions, chains, resolutions and approvals live
+in the :class:`~cra.runtime.ports.StateStore`. An operation:
+
+1. loads a :class:`~cra.runtime.workspace.Snapshot` of what it may touch;
+2. runs the resolver's operation against it, synchronously (no await can
+   interleave another operation on the same workspace);
+3. commits the changes in one transaction, and only then answers. A commit
+   that lost a race with another writer is thrown away and the operation runs
+   again on a new snapshot;
+4. seals the committed events, with the attestations of their decisions, into
+   the audit ledger. Events the process could not seal (it crashed, the disk
+   was full) stay marked unsealed in the store and are sealed, in commit
+   order, by the next operation or the next start.
+
+Rate-limit and budget counters are the resolver's :class:`~cra.runtime.ports.CounterStore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+from cra.errors import AtlasError, ConflictError, CRAError, LedgerError, NotFoundError, ProtocolError
+from cra.policy.decision import Decision
+from cra.protocol.atlas import Atlas, parse_package
+from cra.protocol.canonical import canonical_json
+from cra.protocol.carp import CarpRequest, parse_carp_request
+from cra.runtime.approvals import Approval, ApprovalTicket
+from cra.runtime.clock import SystemClock
+from cra.runtime.engine import Engine
+from cra.runtime.execution import Executor
+from cra.runtime.ids import SystemIds
+from cra.runtime.ledger import AttestationClaim, AuditLedger
+from cra.runtime.memory import MemoryCounters
+from cra.runtime.ports import Clock, CounterStore, IdSource, Signer, StateStore
+from cra.runtime.records import AtlasRecord, Session, SnapshotKeys
+from cra.runtime.resolver import Resolver
+from cra.runtime.workspace import Changes, Workspace
+from cra.trace.chain import ChainReport, check_chain
+from cra.trace.event import TraceEvent, format_timestamp
+
+__all__ = ["GovernanceService", "package_of"]
+
+_log = logging.getLogger("cra.service")
+_T = TypeVar("_T")
+#: How often an operation that lost a race is run again before the caller gets a conflict.
+_RETRIES: Final = 16
+
+
+def package_of(manifest: Mapping[str, Any], files: Mapping[str, str | bytes] | None = None) -> dict[str, bytes]:
+    """An atlas package (relative path -> bytes) from a manifest and its context files."""
+    if not isinstance(manifest, Mapping):
+        raise AtlasError("", "the manifest must be a JSON object")
+    package = {"atlas.json": canonical_json(dict(manifest)).encode("utf-8")}
+    for path, content in (files or {}).items():
+        if not isinstance(path, str) or not path or path == "atlas.json":
+            raise AtlasError("/files", f"{path!r} is not a usable file path")
+        if isinstance(content, str):
+            package[path] = content.encode("utf-8")
+        elif isinstance(content, bytes):
+            package[path] = content
+        else:
+            raise AtlasError(f"/files/{path}", "must be text")
+    return package
+
+
+def _encode_package(package: Mapping[str, bytes]) -> str:
+    return canonical_json({path: base64.b64encode(data).decode("ascii") for path, data in package.items()})
+
+
+def _decode_package(source: str) -> dict[str, bytes]:
+    try:
+        return {path: base64.b64decode(text, validate=True) for path, text in json.loads(source).items()}
+    except (ValueError, binascii.Error, AttributeError) as exc:
+        raise AtlasError("", f"the stored atlas package cannot be read: {exc}") from None
+
+
+@dataclass(slots=True)
+class _Tenant:
+    resolver: Resolver
+    workspace: Workspace
+    digests: dict[str, str]
+    engines: dict[str, Engine] = field(default_factory=dict)
+
+
+class GovernanceService:
+    """Sessions, resolve, execute, approvals and traces for many tenants, over a :class:`StateStore`."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        *,
+        signer: Signer,
+        ledger: AuditLedger | None = None,
+        clock: Clock | None = None,
+        ids: IdSource | None = None,
+        counters: CounterStore | None = None,
+        executors: Mapping[str, Executor] | None = None,
+        resolution_ttl_seconds: int = 3600,
+        max_clock_skew_seconds: int = 300,
+    ) -> None:
+        self.state = state
+        self.ledger = ledger
+        self._signer = signer
+        self._clock: Clock = clock or SystemClock()
+        self._ids: IdSource = ids or SystemIds()
+        self._counters: CounterStore = counters or MemoryCounters()
+        self._executors = dict(executors or {})
+        self._ttl = resolution_ttl_seconds
+        self._skew = max_clock_skew_seconds
+        self._tenants: dict[str, _Tenant] = {}
+        self._seal_lock = asyncio.Lock()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Seal whatever an earlier process committed but did not seal."""
+        await self.seal_pending()
+
+    async def close(self) -> None:
+        await self.state.close()
+
+    # -- tenants and atlases --------------------------------------------------
+
+    def _new_tenant(self, tenant_id: str) -> _Tenant:
+        ws = Workspace()
+        resolver = Resolver(
+            clock=self._clock,
+            ids=self._ids,
+            counters=self._counters,
+            sessions=ws.sessions,
+            events=ws.events,
+            resolutions=ws.resolutions,
+            approvals=ws.approvals,
+            signer=self._signer,
+            ledger=ws.ledger,
+            tenant_id=tenant_id,
+            resolution_ttl_seconds=self._ttl,
+            max_clock_skew_seconds=self._skew,
+        )
+        for action_id, executor in self._executors.items():
+            resolver.register_executor(action_id, executor)
+        return _Tenant(resolver, ws, {})
+
+    async def _tenant(self, tenant_id: str) -> _Tenant:
+        """The tenant's resolver, with exactly the atlases the store holds for it now."""
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            tenant = self._tenants[tenant_id] = self._new_tenant(tenant_id)
+        digests = await self.state.atlas_digests(tenant_id)
+        if digests != tenant.digests:
+            records = {r.atlas_id: r for r in await self.state.atlases(tenant_id)}
+            fresh = self._new_tenant(tenant_id)
+            for atlas_id in sorted(records):
+                try:
+                    fresh.resolver.load_atlas(parse_package(_decode_package(records[atlas_id].source)))
+                except CRAError:
+                    _log.exception("stored atlas %s of tenant %s no longer loads; it is left out", atlas_id, tenant_id)
+                    continue
+                fresh.digests[atlas_id] = records[atlas_id].digest
+            fresh.digests = {a: d for a, d in digests.items() if a in records}
+            tenant = self._tenants[tenant_id] = fresh
+        return tenant
+
+    async def load_atlas(
+        self, tenant_id: str, package: Mapping[str, bytes], *, replace: bool = False, source: str | None = None
+    ) -> Atlas:
+        """Validate, compile and store an atlas package for the tenant.
+
+        :class:`ConflictError` when an atlas with its id is loaded and ``replace`` is false.
+        """
+        atlas = parse_package(package, source=source)
+        tenant = await self._tenant(tenant_id)
+        if not replace and atlas.atlas_id in tenant.digests:
+            raise ConflictError(f"atlas {atlas.atlas_id!r} is already loaded")
+        # The full load (policies, context, parameter schemas, action ownership) on a scratch resolver.
+        trial = self._new_tenant(tenant_id).resolver
+        for other in tenant.resolver.atlases:
+            if other.atlas_id != atlas.atlas_id:
+                trial.load_atlas(other)
+        trial.load_atlas(atlas)
+        record = AtlasRecord(
+            tenant_id=tenant_id,
+            atlas_id=atlas.atlas_id,
+            version=atlas.version,
+            digest=atlas.digest,
+            source=_encode_package(package),
+            loaded_at=format_timestamp(self._clock.now()),
+        )
+        await self.state.put_atlas(record, replace=replace)
+        return atlas
+
+    async def atlases(self, tenant_id: str) -> tuple[Atlas, ...]:
+        return (await self._tenant(tenant_id)).resolver.atlases
+
+    async def atlas(self, tenant_id: str, atlas_id: str) -> Atlas:
+        for atlas in await self.atlases(tenant_id):
+            if atlas.atlas_id == atlas_id:
+                return atlas
+        raise NotFoundError("atlas", atlas_id)
+
+    async def unload_atlas(self, tenant_id: str, atlas_id: str) -> None:
+        if not await self.state.delete_atlas(tenant_id, atlas_id):
+            raise NotFoundError("atlas", atlas_id)
+
+    # -- operations -----------------------------------------------------------
+
+    async def _operate(self, keys: SnapshotKeys, op: Callable[[Resolver], _T]) -> _T:
+        """Run ``op`` on a fresh snapshot, commit what it wrote, seal it; again if it lost a race."""
+        for _ in range(_RETRIES):
+            tenant = await self._tenant(keys.tenant_id)
+            snapshot = await self.state.snapshot(keys)
+            tenant.workspace.load(snapshot)
+            failure: CRAError | None = None
+            try:
+                result = op(tenant.resolver)
+            except CRAError as exc:  # refused: its error.occurred event is committed all the same
+                failure = exc
+            changes = tenant.workspace.take()
+            try:
+                await self.state.commit(changes)
+            except ConflictError:
+                await asyncio.sleep(0)
+                continue
+            await self._seal(changes)
+            if failure is not None:
+                raise failure
+            return result
+        raise ConflictError("the operation kept losing races with other writers; try again")
+
+    async def _seal(self, changes: Changes) -> None:
+        if self.ledger is None or not changes.events:
+            return
+        try:
+            await self.seal_pending()
+            if changes.checkpoint:
+                async with self._seal_lock:
+                    await asyncio.to_thread(self.ledger.checkpoint)
+        except (CRAError, OSError):
+            _log.exception("the ledger could not seal committed events; they stay marked unsealed")
+
+    async def seal_pending(self) -> int:
+        """Seal every committed, unsealed event into the ledger, in commit order. Returns how many."""
+        if self.ledger is None:
+            return 0
+        ledger = self.ledger
+        sealed = 0
+        async with self._seal_lock:
+            while True:
+                batch = await self.state.unsealed()
+                if not batch:
+                    return sealed
+                events: list[TraceEvent] = [event for _, event, _ in batch]
+                claims: list[AttestationClaim] = [claim for _, _, claim in batch if claim is not None]
+                try:
+                    await asyncio.to_thread(ledger.append, events, claims)
+                except (CRAError, OSError) as exc:
+                    raise LedgerError(f"the ledger could not seal {len(events)} committed events: {exc}") from exc
+                await self.state.mark_sealed([row_id for row_id, _, _ in batch])
+                sealed += len(batch)
+
+    async def create_session(
+        self,
+        tenant_id: str,
+        *,
+        agent_id: str,
+        goal: str,
+        roles: Sequence[str] = (),
+        atlas_ids: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Session:
+        created: list[str] = []
+
+        def op(r: Resolver) -> None:
+            created.append(
+                r.create_session(
+                    agent_id, goal, roles=roles, tenant_id=tenant_id, atlas_ids=atlas_ids, metadata=metadata
+                )
+            )
+
+        await self._operate(SnapshotKeys(tenant_id), op)
+        return await self.session(tenant_id, created[0])
+
+    async def session(self, tenant_id: str, session_id: str) -> Session:
+        session = await self.state.session(tenant_id, session_id)
+        if session is None:
+            raise NotFoundError("session", session_id)
+        return session
+
+    async def end_session(self, tenant_id: str, session_id: str, reason: str = "completed") -> Session:
+        await self.session(tenant_id, session_id)
+        await self._operate(
+            SnapshotKeys(tenant_id, session_id, whole_chain=True), lambda r: r.end_session(session_id, reason)
+        )
+        return await self.session(tenant_id, session_id)
+
+    async def resolve(self, tenant_id: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        req = _carp(request)
+        await self.session(tenant_id, req.session_id)
+        keys = SnapshotKeys(tenant_id, req.session_id, request_id=req.request_id)
+        return await self._operate(keys, lambda r: r.resolve(req))
+
+    async def execute(
+        self, tenant_id: str, request: Mapping[str, Any], *, approval_ticket: str | None = None
+    ) -> dict[str, Any]:
+        req = _carp(request)
+        if req.execution is None:
+            raise ProtocolError("/execution", "an execute request needs an execution")
+        await self.session(tenant_id, req.session_id)
+        keys = SnapshotKeys(
+            tenant_id,
+            req.session_id,
+            resolution_id=req.execution.resolution_id,
+            request_id=req.request_id,
+            idempotency_key=req.execution.idempotency_key,
+        )
+        return await self._operate(keys, lambda r: r.execute(req, approval_ticket=approval_ticket))
+
+    async def approval(self, tenant_id: str, approval_id: str) -> Approval:
+        approval = await self.state.approval(tenant_id, approval_id)
+        if approval is None:
+            raise NotFoundError("approval", approval_id)
+        return approval
+
+    async def approve(
+        self, tenant_id: str, approval_id: str, *, approver: str, approver_roles: Sequence[str], comment: str | None
+    ) -> ApprovalTicket:
+        approval = await self.approval(tenant_id, approval_id)
+        keys = SnapshotKeys(tenant_id, approval.session_id)
+        return await self._operate(
+            keys, lambda r: r.approve(approval_id, approver=approver, approver_roles=approver_roles, comment=comment)
+        )
+
+    async def deny(
+        self, tenant_id: str, approval_id: str, *, approver: str, approver_roles: Sequence[str], comment: str | None
+    ) -> Approval:
+        approval = await self.approval(tenant_id, approval_id)
+        keys = SnapshotKeys(tenant_id, approval.session_id)
+        return await self._operate(
+            keys, lambda r: r.deny(approval_id, approver=approver, approver_roles=approver_roles, comment=comment)
+        )
+
+    async def evaluate(
+        self,
+        tenant_id: str,
+        *,
+        action: str,
+        agent: str,
+        roles: Sequence[str],
+        risk_tier: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        atlas_id: str | None = None,
+    ) -> tuple[Atlas, Decision]:
+        """One decision for one proposed call: a query, so nothing is consumed or recorded.
+
+        The atlas is ``atlas_id``, else the one that declares the action, else the
+        first loaded (which denies an action it does not declare).
+        """
+        tenant = await self._tenant(tenant_id)
+        atlases = sorted(tenant.resolver.atlases, key=lambda a: a.atlas_id)
+        if atlas_id is not None:
+            atlases = [a for a in atlases if a.atlas_id == atlas_id]
+            if not atlases:
+                raise NotFoundError("atlas", atlas_id)
+        if not atlases:
+            raise NotFoundError("atlas", "(none is loaded)")
+        atlas = next((a for a in atlases if a.action(action) is not None), atlases[0])
+        engine = tenant.engines.get(atlas.atlas_id)
+        if engine is None:
+            engine = Engine(atlas, counters=self._counters, clock=self._clock, tenant_id=tenant_id)
+            tenant.engines[atlas.atlas_id] = engine
+        decision = engine.evaluate(action, agent, roles, risk_tier, params, context, dry_run=True)
+        return atlas, decision
+
+    # -- reads ----------------------------------------------------------------
+
+    async def trace(
+        self,
+        tenant_id: str,
+        session_id: str,
+        *,
+        event_type: str | None = None,
+        since_sequence: int | None = None,
+        limit: int | None = None,
+    ) -> list[TraceEvent]:
+        await self.session(tenant_id, session_id)
+        return await self.state.events(session_id, event_type=event_type, since_sequence=since_sequence, limit=limit)
+
+    async def verify_trace(self, tenant_id: str, session_id: str) -> ChainReport:
+        return check_chain(await self.trace(tenant_id, session_id))
+
+
+def _carp(request: Mapping[str, Any]) -> CarpRequest:
+    return parse_carp_request(request)

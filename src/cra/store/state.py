@@ -1,0 +1,514 @@
+"""The service's durable state over async SQLAlchemy: SQLite by default, PostgreSQL to scale out.
+
+:class:`SqlState` loads the :class:`~cra.runtime.workspace.Snapshot` an
+operation needs and commits its :class:`~cra.runtime.workspace.Changes` in
+one transaction. Every write that could race with another writer is checked
+by the database, not by the process: a chain position is unique per session,
+a request id once per session, an approval or session changes only from the
+status the operation saw. A commit that loses such a race raises
+:class:`~cra.errors.ConflictError` and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cra.errors import ConflictError
+from cra.runtime.approvals import Approval
+from cra.runtime.ledger import AttestationClaim
+from cra.runtime.records import AtlasRecord, Session, SnapshotKeys
+from cra.runtime.workspace import Changes, Snapshot
+from cra.store import _codec as codec
+from cra.store.tables import (
+    ApiKeyRow,
+    ApprovalRow,
+    AtlasRow,
+    EventRow,
+    IdempotencyRow,
+    RequestIdRow,
+    ResolutionRow,
+    SessionRow,
+)
+from cra.trace.event import TraceEvent
+from cra.trace.jsonl import dumps_event
+
+__all__ = ["ApiKeyRecord", "SqlState"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    key_id: str
+    tenant_id: str
+    role: str
+    agent_id: str | None
+    policy_roles: tuple[str, ...]
+    secret_hash: str
+    label: str | None
+    created_at: str
+    revoked_at: str | None
+
+
+def _session(row: Any) -> Session:
+    return codec.session_from(
+        session_id=row.session_id,
+        tenant_id=row.tenant_id,
+        agent_id=row.agent_id,
+        status=row.status,
+        created_at=row.created_at,
+        ended_at=row.ended_at,
+        data=row.data,
+    )
+
+
+def _approval(row: Any) -> Approval:
+    return codec.approval_from(
+        approval_id=row.approval_id,
+        tenant_id=row.tenant_id,
+        session_id=row.session_id,
+        agent_id=row.agent_id,
+        action_id=row.action_id,
+        status=row.status,
+        requested_at=row.requested_at,
+        data=row.data,
+    )
+
+
+def _key(row: Any) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        key_id=row.key_id,
+        tenant_id=row.tenant_id,
+        role=row.role,
+        agent_id=row.agent_id,
+        policy_roles=tuple(json.loads(row.policy_roles)),
+        secret_hash=row.secret_hash,
+        label=row.label,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+class SqlState:
+    """Sessions, chains, resolutions, approvals, atlases and API keys in one database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- one operation --------------------------------------------------------
+
+    async def snapshot(self, keys: SnapshotKeys) -> Snapshot:
+        snap = Snapshot()
+        sid = keys.session_id
+        if sid is None:
+            return snap
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(SessionRow).where(SessionRow.session_id == sid, SessionRow.tenant_id == keys.tenant_id)
+                )
+            ).first()
+            if row is None:
+                return snap
+            snap.sessions[sid] = _session(row)
+            if keys.whole_chain:
+                lines = (
+                    await conn.execute(
+                        select(EventRow.line).where(EventRow.session_id == sid).order_by(EventRow.sequence)
+                    )
+                ).scalars()
+                chain = [codec.event_from(line) for line in lines]
+                snap.chains[sid] = chain
+                if chain:
+                    snap.tails[sid] = chain[-1]
+            else:
+                tail = (
+                    await conn.execute(
+                        select(EventRow.line)
+                        .where(EventRow.session_id == sid)
+                        .order_by(EventRow.sequence.desc())
+                        .limit(1)
+                    )
+                ).scalar()
+                if tail is not None:
+                    snap.tails[sid] = codec.event_from(tail)
+            for arow in await conn.execute(select(ApprovalRow).where(ApprovalRow.session_id == sid)):
+                approval = _approval(arow)
+                snap.approvals[approval.approval_id] = approval
+            if keys.resolution_id is not None:
+                rrow = (
+                    await conn.execute(
+                        select(ResolutionRow).where(
+                            ResolutionRow.resolution_id == keys.resolution_id, ResolutionRow.session_id == sid
+                        )
+                    )
+                ).first()
+                if rrow is not None:
+                    snap.resolutions[rrow.resolution_id] = codec.resolution_from(
+                        rrow.resolution_id, rrow.session_id, rrow.data
+                    )
+            if keys.request_id is not None:
+                used = (
+                    await conn.execute(
+                        select(RequestIdRow.request_id).where(
+                            RequestIdRow.session_id == sid, RequestIdRow.request_id == keys.request_id
+                        )
+                    )
+                ).first()
+                if used is not None:
+                    snap.request_ids.add((sid, keys.request_id))
+            if keys.idempotency_key is not None:
+                data = (
+                    await conn.execute(
+                        select(IdempotencyRow.data).where(
+                            IdempotencyRow.session_id == sid, IdempotencyRow.key == keys.idempotency_key
+                        )
+                    )
+                ).scalar()
+                if data is not None:
+                    snap.idempotency[(sid, keys.idempotency_key)] = codec.idempotent_from(data)
+        return snap
+
+    async def commit(self, changes: Changes) -> None:
+        """Write one operation's changes, all or nothing; :class:`ConflictError` if it lost a race."""
+        if changes.empty:
+            return
+        try:
+            async with self.engine.begin() as conn:
+                await self._write(conn, changes)
+        except IntegrityError as exc:
+            raise ConflictError(f"another writer changed this state first ({type(exc.orig).__name__})") from None
+
+    async def _write(self, conn: AsyncConnection, changes: Changes) -> None:
+        for session, before in changes.sessions.values():
+            values = {
+                "tenant_id": session.tenant_id,
+                "agent_id": session.agent_id,
+                "status": session.status,
+                "created_at": codec.stamp(session.created_at),
+                "ended_at": None if session.ended_at is None else codec.stamp(session.ended_at),
+                "data": codec.session_data(session),
+            }
+            if before is None:
+                await conn.execute(insert(SessionRow).values(session_id=session.session_id, **values))
+            else:
+                await _changed(
+                    conn,
+                    update(SessionRow)
+                    .where(SessionRow.session_id == session.session_id, SessionRow.status == before)
+                    .values(**values),
+                    f"session {session.session_id}",
+                )
+        tenants = {s.session_id: s.tenant_id for s, _ in changes.sessions.values()}
+        if changes.events:
+            missing = {e.session_id for e in changes.events} - tenants.keys()
+            if missing:
+                rows = await conn.execute(
+                    select(SessionRow.session_id, SessionRow.tenant_id).where(SessionRow.session_id.in_(missing))
+                )
+                tenants.update({r.session_id: r.tenant_id for r in rows})
+            await conn.execute(
+                insert(EventRow),
+                [
+                    {
+                        "event_id": e.event_id,
+                        "tenant_id": tenants[e.session_id],
+                        "session_id": e.session_id,
+                        "sequence": e.sequence,
+                        "event_type": e.event_type,
+                        "timestamp": e.timestamp,
+                        "line": dumps_event(e),
+                        "sealed": False,
+                        "claim": _claim(changes.claims.get(e.event_id)),
+                    }
+                    for e in changes.events
+                ],
+            )
+        if changes.resolutions:
+            await conn.execute(
+                insert(ResolutionRow),
+                [
+                    {"resolution_id": r.resolution_id, "session_id": r.session_id, "data": codec.resolution_json(r)}
+                    for r in changes.resolutions
+                ],
+            )
+        for approval, before in changes.approvals.values():
+            values = {
+                "tenant_id": approval.tenant_id,
+                "session_id": approval.session_id,
+                "agent_id": approval.agent_id,
+                "action_id": approval.action_id,
+                "status": approval.status,
+                "requested_at": codec.stamp(approval.requested_at),
+                "data": codec.approval_json(approval),
+            }
+            if before is None:
+                await conn.execute(insert(ApprovalRow).values(approval_id=approval.approval_id, **values))
+            else:
+                await _changed(
+                    conn,
+                    update(ApprovalRow)
+                    .where(ApprovalRow.approval_id == approval.approval_id, ApprovalRow.status == before)
+                    .values(**values),
+                    f"approval {approval.approval_id}",
+                )
+        if changes.request_ids:
+            await conn.execute(
+                insert(RequestIdRow), [{"session_id": s, "request_id": r} for s, r in changes.request_ids]
+            )
+        for sid, key in changes.idempotency_released:
+            await conn.execute(
+                delete(IdempotencyRow).where(IdempotencyRow.session_id == sid, IdempotencyRow.key == key)
+            )
+        for (sid, key), record in changes.idempotency_new.items():
+            await conn.execute(
+                insert(IdempotencyRow).values(session_id=sid, key=key, data=codec.idempotent_json(record))
+            )
+        for (sid, key), response in changes.idempotency_done.items():
+            data = (
+                await conn.execute(
+                    select(IdempotencyRow.data).where(IdempotencyRow.session_id == sid, IdempotencyRow.key == key)
+                )
+            ).scalar()
+            if data is None:
+                raise IntegrityError("idempotency key vanished", None, ValueError(key))
+            done = codec.idempotent_from(data)
+            record = type(done)(done.action_id, done.arguments_hash, done.execution_id, response)
+            await conn.execute(
+                update(IdempotencyRow)
+                .where(IdempotencyRow.session_id == sid, IdempotencyRow.key == key)
+                .values(data=codec.idempotent_json(record))
+            )
+
+    # -- sealing --------------------------------------------------------------
+
+    async def unsealed(self, limit: int = 10_000) -> list[tuple[int, TraceEvent, AttestationClaim | None]]:
+        """Committed events not yet sealed into the ledger, in commit order."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(EventRow.id, EventRow.line, EventRow.claim)
+                .where(EventRow.sealed.is_(False))
+                .order_by(EventRow.id)
+                .limit(limit)
+            )
+            out = []
+            for row in rows:
+                event = codec.event_from(row.line)
+                out.append((row.id, event, None if row.claim is None else codec.claim_from(event, row.claim)))
+            return out
+
+    async def mark_sealed(self, row_ids: Sequence[int]) -> None:
+        async with self.engine.begin() as conn:
+            for start in range(0, len(row_ids), 500):
+                chunk = list(row_ids[start : start + 500])
+                await conn.execute(update(EventRow).where(EventRow.id.in_(chunk)).values(sealed=True, claim=None))
+
+    # -- reads ----------------------------------------------------------------
+
+    async def session(self, tenant_id: str, session_id: str) -> Session | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(SessionRow).where(SessionRow.session_id == session_id, SessionRow.tenant_id == tenant_id)
+                )
+            ).first()
+        return None if row is None else _session(row)
+
+    async def sessions(
+        self,
+        tenant_id: str,
+        *,
+        agent_id: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Session], int]:
+        where = [SessionRow.tenant_id == tenant_id]
+        if agent_id is not None:
+            where.append(SessionRow.agent_id == agent_id)
+        if status is not None:
+            where.append(SessionRow.status == status)
+        async with self.engine.connect() as conn:
+            total = (await conn.execute(select(func.count()).select_from(SessionRow).where(*where))).scalar_one()
+            rows = await conn.execute(
+                select(SessionRow)
+                .where(*where)
+                .order_by(SessionRow.created_at.desc(), SessionRow.session_id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            return [_session(r) for r in rows], int(total)
+
+    async def events(
+        self,
+        session_id: str,
+        *,
+        event_type: str | None = None,
+        since_sequence: int | None = None,
+        limit: int | None = None,
+    ) -> list[TraceEvent]:
+        query: Select[Any] = select(EventRow.line).where(EventRow.session_id == session_id)
+        if event_type is not None:
+            query = query.where(EventRow.event_type == event_type)
+        if since_sequence is not None:
+            query = query.where(EventRow.sequence > since_sequence)
+        query = query.order_by(EventRow.sequence)
+        if limit is not None:
+            query = query.limit(limit)
+        async with self.engine.connect() as conn:
+            return [codec.event_from(line) for line in (await conn.execute(query)).scalars()]
+
+    async def event_lines(self, session_id: str) -> list[str]:
+        """The session's stored lines, exactly as written, in chain order."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(EventRow.line).where(EventRow.session_id == session_id).order_by(EventRow.sequence)
+            )
+            return list(rows.scalars())
+
+    async def approval(self, tenant_id: str, approval_id: str) -> Approval | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(ApprovalRow).where(
+                        ApprovalRow.approval_id == approval_id, ApprovalRow.tenant_id == tenant_id
+                    )
+                )
+            ).first()
+        return None if row is None else _approval(row)
+
+    async def approvals(
+        self,
+        tenant_id: str,
+        *,
+        status: str | None = None,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        action_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Approval], int]:
+        where = [ApprovalRow.tenant_id == tenant_id]
+        for column, value in (
+            (ApprovalRow.status, status),
+            (ApprovalRow.session_id, session_id),
+            (ApprovalRow.agent_id, agent_id),
+            (ApprovalRow.action_id, action_id),
+        ):
+            if value is not None:
+                where.append(column == value)
+        async with self.engine.connect() as conn:
+            total = (await conn.execute(select(func.count()).select_from(ApprovalRow).where(*where))).scalar_one()
+            rows = await conn.execute(
+                select(ApprovalRow)
+                .where(*where)
+                .order_by(ApprovalRow.requested_at, ApprovalRow.approval_id)
+                .limit(limit)
+                .offset(offset)
+            )
+            return [_approval(r) for r in rows], int(total)
+
+    # -- atlases --------------------------------------------------------------
+
+    async def atlases(self, tenant_id: str) -> list[AtlasRecord]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(AtlasRow).where(AtlasRow.tenant_id == tenant_id).order_by(AtlasRow.atlas_id)
+            )
+            return [AtlasRecord(r.tenant_id, r.atlas_id, r.version, r.digest, r.source, r.loaded_at) for r in rows]
+
+    async def atlas_digests(self, tenant_id: str) -> dict[str, str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(AtlasRow.atlas_id, AtlasRow.digest).where(AtlasRow.tenant_id == tenant_id))
+            return {r.atlas_id: r.digest for r in rows}
+
+    async def put_atlas(self, record: AtlasRecord, *, replace: bool) -> None:
+        """Store an atlas; :class:`ConflictError` if one with its id is loaded and ``replace`` is false."""
+        values = {
+            "version": record.version,
+            "digest": record.digest,
+            "source": record.source,
+            "loaded_at": record.loaded_at,
+        }
+        try:
+            async with self.engine.begin() as conn:
+                if replace:
+                    await conn.execute(
+                        delete(AtlasRow).where(
+                            AtlasRow.tenant_id == record.tenant_id, AtlasRow.atlas_id == record.atlas_id
+                        )
+                    )
+                await conn.execute(
+                    insert(AtlasRow).values(tenant_id=record.tenant_id, atlas_id=record.atlas_id, **values)
+                )
+        except IntegrityError:
+            raise ConflictError(f"atlas {record.atlas_id!r} is already loaded") from None
+
+    async def delete_atlas(self, tenant_id: str, atlas_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(AtlasRow).where(AtlasRow.tenant_id == tenant_id, AtlasRow.atlas_id == atlas_id)
+            )
+            return bool(result.rowcount)
+
+    # -- API keys -------------------------------------------------------------
+
+    async def put_key(self, record: ApiKeyRecord) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(ApiKeyRow).values(
+                    key_id=record.key_id,
+                    tenant_id=record.tenant_id,
+                    role=record.role,
+                    agent_id=record.agent_id,
+                    policy_roles=json.dumps(list(record.policy_roles)),
+                    secret_hash=record.secret_hash,
+                    label=record.label,
+                    created_at=record.created_at,
+                    revoked_at=record.revoked_at,
+                )
+            )
+
+    async def key(self, key_id: str) -> ApiKeyRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(ApiKeyRow).where(ApiKeyRow.key_id == key_id))).first()
+        return None if row is None else _key(row)
+
+    async def keys(self, tenant_id: str | None = None) -> list[ApiKeyRecord]:
+        query = select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.key_id)
+        if tenant_id is not None:
+            query = query.where(ApiKeyRow.tenant_id == tenant_id)
+        async with self.engine.connect() as conn:
+            return [_key(r) for r in await conn.execute(query)]
+
+    async def count_keys(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(ApiKeyRow))).scalar_one())
+
+    async def revoke_key(self, key_id: str, at: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(ApiKeyRow)
+                .where(ApiKeyRow.key_id == key_id, ApiKeyRow.revoked_at.is_(None))
+                .values(revoked_at=at)
+            )
+            return bool(result.rowcount)
+
+
+def _claim(claim: AttestationClaim | None) -> str | None:
+    return None if claim is None else codec.claim_json(claim)
+
+
+async def _changed(conn: AsyncConnection, statement: Any, what: str) -> None:
+    """Run a conditional update; a row that no longer matches means another writer got there first."""
+    result = await conn.execute(statement)
+    if result.rowcount != 1:
+        raise IntegrityError(f"{what} changed under this operation", None, ValueError(what))

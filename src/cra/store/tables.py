@@ -1,0 +1,136 @@
+"""The service's tables (SQLAlchemy 2.x), one schema for SQLite and PostgreSQL.
+
+Rows keep what queries filter on in columns and the rest as canonical JSON
+text; an event row keeps the exact line that was hashed, never a re-rendering.
+Timestamps are RFC 3339 UTC strings with microseconds and ``Z``, which sort as
+text. Schema changes go through the Alembic migrations beside this module;
+a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "ApiKeyRow",
+    "ApprovalRow",
+    "AtlasRow",
+    "Base",
+    "EventRow",
+    "IdempotencyRow",
+    "RequestIdRow",
+    "ResolutionRow",
+    "SessionRow",
+]
+
+_NAMES = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ID = String(64)
+NAME = String(255)
+STAMP = String(32)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=_NAMES)
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(NAME, index=True)
+    role: Mapped[str] = mapped_column(String(32))
+    agent_id: Mapped[str | None] = mapped_column(NAME)
+    #: The policy roles the key's holder has (JSON list); the host's word, never the agent's.
+    policy_roles: Mapped[str] = mapped_column(Text)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(NAME)
+    created_at: Mapped[str] = mapped_column(STAMP)
+    revoked_at: Mapped[str | None] = mapped_column(STAMP)
+
+
+class AtlasRow(Base):
+    __tablename__ = "atlases"
+
+    tenant_id: Mapped[str] = mapped_column(NAME, primary_key=True)
+    atlas_id: Mapped[str] = mapped_column(NAME, primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(80))
+    #: ``{"manifest": ..., "files": {path: text}}`` as canonical JSON.
+    source: Mapped[str] = mapped_column(Text)
+    loaded_at: Mapped[str] = mapped_column(STAMP)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_tenant_created", "tenant_id", "created_at"),)
+
+    session_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(NAME)
+    agent_id: Mapped[str] = mapped_column(NAME)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[str] = mapped_column(STAMP)
+    ended_at: Mapped[str | None] = mapped_column(STAMP)
+    #: The rest of the session: goal, roles, trace and root span ids, atlas ids, metadata.
+    data: Mapped[str] = mapped_column(Text)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    __table_args__ = (UniqueConstraint("session_id", "sequence", name="uq_events_session_sequence"),)
+
+    #: Commit order within this database: the order events are sealed into the ledger.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ID, unique=True)
+    tenant_id: Mapped[str] = mapped_column(NAME)
+    session_id: Mapped[str] = mapped_column(ID)
+    sequence: Mapped[int] = mapped_column(Integer)
+    event_type: Mapped[str] = mapped_column(String(64))
+    timestamp: Mapped[str] = mapped_column(STAMP)
+    #: The event exactly as hashed and as the ledger's leaf holds it.
+    line: Mapped[str] = mapped_column(Text)
+    sealed: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    #: What to attest about this event when it is sealed (JSON), if it is a decision.
+    claim: Mapped[str | None] = mapped_column(Text)
+
+
+class ResolutionRow(Base):
+    __tablename__ = "resolutions"
+
+    resolution_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    session_id: Mapped[str] = mapped_column(ID, index=True)
+    data: Mapped[str] = mapped_column(Text)
+
+
+class ApprovalRow(Base):
+    __tablename__ = "approvals"
+    __table_args__ = (Index("ix_approvals_tenant_status", "tenant_id", "status", "requested_at"),)
+
+    approval_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(NAME)
+    session_id: Mapped[str] = mapped_column(ID, index=True)
+    agent_id: Mapped[str] = mapped_column(NAME)
+    action_id: Mapped[str] = mapped_column(NAME)
+    status: Mapped[str] = mapped_column(String(16))
+    requested_at: Mapped[str] = mapped_column(STAMP)
+    data: Mapped[str] = mapped_column(Text)
+
+
+class RequestIdRow(Base):
+    __tablename__ = "request_ids"
+
+    session_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    request_id: Mapped[str] = mapped_column(NAME, primary_key=True)
+
+
+class IdempotencyRow(Base):
+    __tablename__ = "idempotency_keys"
+
+    session_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    key: Mapped[str] = mapped_column(NAME, primary_key=True)
+    data: Mapped[str] = mapped_column(Text)
