@@ -26,6 +26,7 @@ from cra.trace.replay import replay
 
 from ._ledger import keys_app, ledger_app, verify
 from ._output import EXIT_INVALID, EXIT_NEGATIVE, fail, print_json
+from ._serve import apikey_app, serve
 
 app = typer.Typer(
     name="cra",
@@ -41,6 +42,8 @@ app.add_typer(trace_app, name="trace")
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
 app.command("verify")(verify)
+app.command("serve")(serve)
+app.add_typer(apikey_app, name="apikey")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 AtlasArg = Annotated[Path, typer.Argument(help="An atlas package directory or a single atlas JSON file.")]

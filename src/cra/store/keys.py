@@ -26,7 +26,7 @@ from typing import Any
 from cra.errors import LedgerError, ProofError
 from cra.ledger.note import NoteSigner, NoteVerifier
 
-__all__ = ["KeyInfo", "Keyring", "new_origin"]
+__all__ = ["KeyInfo", "Keyring", "new_origin", "ticket_secret"]
 
 _FILE = "keyring.json"
 
@@ -155,3 +155,31 @@ class Keyring:
     def retired(self) -> list[NoteVerifier]:
         """The verifier keys of retired keys, which still check old checkpoints."""
         return [NoteVerifier.parse(k["vkey"]) for k in self._read()["keys"] if k["role"] == "retired"]
+
+
+def ticket_secret(directory: str | Path) -> bytes:
+    """The secret that signs approval tickets (``tickets.key``, mode 0600), created on first use.
+
+    Tickets must outlive a restart of the service, so the secret is kept with the keys.
+    """
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / "tickets.key"
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise LedgerError(f"{path} is readable by others (mode {mode:o}); run chmod 600 on it")
+        try:
+            secret = bytes.fromhex(path.read_text("ascii").strip())
+        except (ValueError, UnicodeDecodeError):
+            raise LedgerError(f"the ticket key {path} is malformed") from None
+        if len(secret) < 32:
+            raise LedgerError(f"the ticket key {path} is too short")
+        return secret
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(secret.hex() + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return secret

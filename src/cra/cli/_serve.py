@@ -1,0 +1,197 @@
+"""``cra serve`` and ``cra apikey``: the service from the shell."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+
+from cra.errors import CRAError
+from cra.server.app import ServerSettings, create_app
+from cra.server.auth import ROLES, issue_key
+from cra.server.boot import DEMO_ATLASES, boot, ensure_admin_key, load_atlas_dirs
+from cra.store.database import open_state, sqlite_url
+from cra.store.datadir import resolve_data_dir
+from cra.store.state import ApiKeyRecord, SqlState
+
+from ._output import fail, print_json
+
+__all__ = ["apikey_app", "serve"]
+
+apikey_app = typer.Typer(help="Create, list and revoke the service's API keys.", no_args_is_help=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="CRA's data directory (default: $CRA_DATA_DIR, else the per-user data dir)."),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="CRA_DATABASE_URL",
+        help="The state database (default: SQLite in the data dir), e.g. postgresql+asyncpg://host/db.",
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def serve(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8420,
+    demo: Annotated[
+        bool, typer.Option("--demo/--no-demo", help="Load the example atlases into tenant 'default' if it has none.")
+    ] = True,
+    max_body: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Largest request body.")] = 1_048_576,
+    key_rate: Annotated[
+        float, typer.Option("--key-rate", min=0, help="Requests per second per API key (0: unlimited).")
+    ] = 1000.0,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option("--cors-origin", help="An origin CORS allows (repeatable; none by default).")
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve the CRA API on embedded defaults: state, ledger and keys in the data directory."""
+    root = resolve_data_dir(data_dir)
+    settings = ServerSettings(
+        max_body_bytes=max_body, key_requests_per_second=key_rate, cors_origins=tuple(cors_origin or ())
+    )
+
+    async def run() -> None:
+        booted = await boot(root, database_url=database_url)
+        try:
+            token = await ensure_admin_key(booted.state)
+            if token is not None:
+                typer.secho("A new admin API key for tenant 'default' (shown once; keep it):", fg="yellow", err=True)
+                typer.echo(token)
+            if demo and not await booted.state.atlas_digests("default") and DEMO_ATLASES.is_dir():
+                paths = sorted(p for p in DEMO_ATLASES.iterdir() if (p / "atlas.json").is_file())
+                loaded = await load_atlas_dirs(booted.service, "default", paths)
+                typer.echo(f"loaded the example atlases: {', '.join(loaded)}", err=True)
+            app = create_app(booted.service, booted.state, settings=settings)
+            config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
+            typer.echo(f"CRA serving http://{host}:{port} (data dir {root})", err=True)
+            await uvicorn.Server(config).serve()
+        finally:
+            await booted.close()
+
+    try:
+        asyncio.run(run())
+    except CRAError as exc:
+        fail(exc)
+
+
+async def _with_state(data_dir: Path | None, database_url: str | None) -> SqlState:
+    root = resolve_data_dir(data_dir)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return await open_state(database_url or sqlite_url(root / "cra.sqlite3"))
+
+
+def _key_json(record: ApiKeyRecord) -> dict[str, Any]:
+    return {
+        "key_id": record.key_id,
+        "tenant_id": record.tenant_id,
+        "role": record.role,
+        "agent_id": record.agent_id,
+        "policy_roles": list(record.policy_roles),
+        "label": record.label,
+        "created_at": record.created_at,
+        "revoked_at": record.revoked_at,
+    }
+
+
+@apikey_app.command("create")
+def apikey_create(
+    tenant: Annotated[str, typer.Option("--tenant", help="The tenant the key belongs to.")],
+    role: Annotated[str, typer.Option("--role", help=f"The service role: {', '.join(ROLES)}.")],
+    agent: Annotated[str | None, typer.Option("--agent", help="The agent id an agent key acts as.")] = None,
+    policy_role: Annotated[
+        list[str] | None,
+        typer.Option("--policy-role", help="A role the policy engine sees for this key (repeatable; default: --role)."),
+    ] = None,
+    label: Annotated[str | None, typer.Option("--label", help="A note saying what the key is for.")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an API key and print it once; only its hash is stored."""
+
+    async def run() -> tuple[str, ApiKeyRecord]:
+        state = await _with_state(data_dir, database_url)
+        try:
+            return await issue_key(
+                state,
+                tenant_id=tenant,
+                role=role,
+                agent_id=agent,
+                policy_roles=policy_role or (),
+                label=label,
+                now=datetime.now(UTC),
+            )
+        finally:
+            await state.close()
+
+    try:
+        token, record = asyncio.run(run())
+    except ValueError as exc:
+        fail(str(exc), as_json=as_json)
+    if as_json:
+        print_json({"key": token, **_key_json(record)})
+    else:
+        typer.echo(token)
+        typer.echo(f"key {record.key_id}: tenant {record.tenant_id}, role {record.role}; shown once", err=True)
+
+
+@apikey_app.command("list")
+def apikey_list(
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's keys.")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List API keys (never their secrets)."""
+
+    async def run() -> list[ApiKeyRecord]:
+        state = await _with_state(data_dir, database_url)
+        try:
+            return await state.keys(tenant)
+        finally:
+            await state.close()
+
+    records = asyncio.run(run())
+    if as_json:
+        print_json([_key_json(r) for r in records])
+        return
+    for r in records:
+        status = f"revoked {r.revoked_at}" if r.revoked_at else "active"
+        agent = f" agent {r.agent_id}" if r.agent_id else ""
+        typer.echo(f"{r.key_id}  {r.tenant_id}  {r.role}{agent}  {status}  {r.label or ''}".rstrip())
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (the part after cra_ and before the next _).")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke an API key; requests with it are refused from then on."""
+
+    async def run() -> bool:
+        state = await _with_state(data_dir, database_url)
+        try:
+            return await state.revoke_key(key_id, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        finally:
+            await state.close()
+
+    if not asyncio.run(run()):
+        fail(f"no active API key {key_id!r}", as_json=as_json, code=1)
+    if as_json:
+        print_json({"key_id": key_id, "revoked": True})
+    else:
+        typer.echo(f"revoked {key_id}")

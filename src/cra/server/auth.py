@@ -1,0 +1,156 @@
+"""Who is calling, and what they may do: API keys, service roles and the permission matrix.
+
+An API key reads ``cra_<key id>_<secret>``. Only the SHA-256 of the secret is
+stored; the key is shown once, when it is created, and can be revoked. Each
+key belongs to one tenant and has one service role; an ``agent`` key is bound
+to one agent id. A key also carries the *policy roles* its holder has — the
+host's word about the caller that the policy engine sees — which default to
+the service role's name. Nothing in a request body can add to them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Final
+
+from cra.errors import CRAError
+from cra.store.state import ApiKeyRecord, SqlState
+from cra.trace.event import format_timestamp
+
+__all__ = [
+    "PERMISSIONS",
+    "ROLES",
+    "AuthError",
+    "ForbiddenError",
+    "Identity",
+    "Permission",
+    "authenticate_key",
+    "issue_key",
+]
+
+ROLES: Final = ("admin", "policy_author", "agent", "approver", "auditor")
+_PREFIX: Final = "cra_"
+
+
+class Permission(StrEnum):
+    READ_ATLASES = "atlases:read"
+    WRITE_ATLASES = "atlases:write"
+    EVALUATE = "evaluate"
+    RUN_SESSIONS = "sessions:run"  # create, resolve, execute, end: an agent's own sessions
+    READ_SESSIONS = "sessions:read"  # every session and trace of the tenant
+    DECIDE_APPROVALS = "approvals:decide"
+    READ_APPROVALS = "approvals:read"
+
+
+#: The permission matrix (docs/service.md renders it). An ``agent`` acts only as its own agent
+#: id and reads only its own sessions; nobody decides an approval their own agent asked for.
+PERMISSIONS: Final[dict[str, frozenset[Permission]]] = {
+    "admin": frozenset(Permission),
+    "policy_author": frozenset({Permission.READ_ATLASES, Permission.WRITE_ATLASES, Permission.EVALUATE}),
+    "agent": frozenset({Permission.READ_ATLASES, Permission.EVALUATE, Permission.RUN_SESSIONS}),
+    "approver": frozenset(
+        {Permission.READ_ATLASES, Permission.READ_SESSIONS, Permission.READ_APPROVALS, Permission.DECIDE_APPROVALS}
+    ),
+    "auditor": frozenset({Permission.READ_ATLASES, Permission.READ_SESSIONS, Permission.READ_APPROVALS}),
+}
+
+
+class AuthError(CRAError):
+    """No credentials, or credentials that are not valid (HTTP 401)."""
+
+    code = "unauthenticated"
+
+
+class ForbiddenError(CRAError):
+    """Valid credentials without the permission an operation needs (HTTP 403)."""
+
+    code = "forbidden"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated caller."""
+
+    key_id: str
+    tenant_id: str
+    role: str
+    agent_id: str | None
+    policy_roles: tuple[str, ...]
+
+    @property
+    def principal(self) -> str:
+        """The name recorded as the actor: the agent id, or ``key:<id>``."""
+        return self.agent_id or f"key:{self.key_id}"
+
+    def can(self, permission: Permission) -> bool:
+        return permission in PERMISSIONS.get(self.role, frozenset())
+
+    def require(self, permission: Permission) -> None:
+        if not self.can(permission):
+            raise ForbiddenError(f"the {self.role} role may not {permission.value}")
+
+    def acting_as(self, agent_id: str) -> None:
+        """Refuse to act as ``agent_id`` unless this identity may."""
+        if self.agent_id is not None and agent_id != self.agent_id:
+            raise ForbiddenError(f"this key acts only as agent {self.agent_id!r}")
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+async def issue_key(
+    state: SqlState,
+    *,
+    tenant_id: str,
+    role: str,
+    now: datetime,
+    agent_id: str | None = None,
+    policy_roles: Sequence[str] = (),
+    label: str | None = None,
+) -> tuple[str, ApiKeyRecord]:
+    """Create a key; returns the key text (shown once, never stored) and its record."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if not tenant_id or len(tenant_id) > 255:
+        raise ValueError("a tenant id is 1 to 255 characters")
+    if role == "agent" and not agent_id:
+        raise ValueError("an agent key needs the agent id it acts as")
+    if role != "agent" and agent_id:
+        raise ValueError("only agent keys are bound to an agent id")
+    key_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    record = ApiKeyRecord(
+        key_id=key_id,
+        tenant_id=tenant_id,
+        role=role,
+        agent_id=agent_id,
+        policy_roles=tuple(dict.fromkeys(policy_roles or (role,))),
+        secret_hash=_hash(secret),
+        label=label,
+        created_at=format_timestamp(now),
+        revoked_at=None,
+    )
+    await state.put_key(record)
+    return f"{_PREFIX}{key_id}_{secret}", record
+
+
+async def authenticate_key(state: SqlState, token: str) -> Identity:
+    """The identity of an API key; :class:`AuthError` for anything else."""
+    if not token.startswith(_PREFIX) or token.count("_") < 2 or len(token) > 200:
+        raise AuthError("the API key is malformed")
+    key_id, _, secret = token[len(_PREFIX) :].partition("_")
+    record = await state.key(key_id)
+    # Compare even when the key is unknown, so timing does not tell which key ids exist.
+    expected = record.secret_hash if record is not None else _hash("")
+    if not hmac.compare_digest(expected, _hash(secret)) or record is None:
+        raise AuthError("the API key is not valid")
+    if record.revoked_at is not None:
+        raise AuthError("the API key was revoked")
+    return Identity(record.key_id, record.tenant_id, record.role, record.agent_id, record.policy_roles)

@@ -1,0 +1,77 @@
+"""Turning a data directory (or a database URL) into a running service.
+
+<data dir>/
+  cra.sqlite3           the service's state (unless --database-url names another database)
+  ledger.sqlite3        the audit log
+  keys/                 the log's signing keys, and tickets.key for approval tickets
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cra
+from cra.errors import ConflictError
+from cra.runtime.atlas_files import read_package
+from cra.runtime.ledger import AuditLedger
+from cra.runtime.memory import HmacSigner
+from cra.runtime.service import GovernanceService
+from cra.server.auth import issue_key
+from cra.store.database import open_state, sqlite_url
+from cra.store.datadir import open_ledger
+from cra.store.keys import ticket_secret
+from cra.store.state import SqlState
+
+__all__ = ["DEMO_ATLASES", "Booted", "boot", "ensure_admin_key", "load_atlas_dirs"]
+
+#: The example atlases ``cra serve`` loads into an empty data directory (from a source checkout).
+DEMO_ATLASES = Path(cra.__file__).resolve().parents[2] / "examples" / "atlases"
+
+
+@dataclass(slots=True)
+class Booted:
+    service: GovernanceService
+    state: SqlState
+    ledger: AuditLedger
+
+    async def close(self) -> None:
+        await self.service.close()
+        self.ledger.close()
+
+
+async def boot(data_dir: Path, *, database_url: str | None = None) -> Booted:
+    """Open (creating if need be) the data directory's state, ledger and keys."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state = await open_state(database_url or sqlite_url(data_dir / "cra.sqlite3"))
+    try:
+        ledger = open_ledger(data_dir, create=True)
+    except BaseException:
+        await state.close()
+        raise
+    signer = HmacSigner(ticket_secret(data_dir / "keys"))
+    return Booted(GovernanceService(state, signer=signer, ledger=ledger), state, ledger)
+
+
+async def ensure_admin_key(state: SqlState) -> str | None:
+    """On a database with no API keys, create an admin key for tenant ``default``; returns its text."""
+    if await state.count_keys():
+        return None
+    token, _ = await issue_key(
+        state, tenant_id="default", role="admin", now=datetime.now(UTC), label="created by the first cra serve"
+    )
+    return token
+
+
+async def load_atlas_dirs(service: GovernanceService, tenant_id: str, paths: Sequence[Path]) -> list[str]:
+    """Load atlas package directories for a tenant, skipping those already loaded; returns the ids loaded."""
+    loaded = []
+    for path in paths:
+        try:
+            atlas = await service.load_atlas(tenant_id, read_package(path), source=str(path))
+        except ConflictError:
+            continue
+        loaded.append(atlas.atlas_id)
+    return loaded
