@@ -240,7 +240,8 @@ def test_changes_record_the_status_each_write_started_from() -> None:
     sid = r.create_session("support-bot", "x", roles=["agent"])
     created = ws.take()
     session, before = created.sessions[sid]
-    assert before is None and session.status == "active"
+    assert before is None
+    assert session.status == "active"
     ws.load(Snapshot(sessions={sid: session}, tails={sid: created.events[-1]}, chains={sid: list(created.events)}))
     r.end_session(sid)
     ended = ws.take()
