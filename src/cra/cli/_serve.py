@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import uvicorn
 
 from cra.errors import CRAError
-from cra.server.app import ServerSettings, create_app
-from cra.server.auth import ROLES, issue_key
-from cra.server.boot import DEMO_ATLASES, boot, ensure_admin_key, load_atlas_dirs
-from cra.store.database import open_state, sqlite_url
 from cra.store.datadir import resolve_data_dir
-from cra.store.state import ApiKeyRecord, SqlState
 
 from ._output import fail, print_json
+
+if TYPE_CHECKING:
+    from cra.store.state import ApiKeyRecord, SqlState
+
+# The service's modules (FastAPI, SQLAlchemy, uvicorn) are imported by the commands that
+# use them, so that every other command starts as fast as before.
+_ROLES = "admin, policy_author, agent, approver, auditor"
 
 __all__ = ["apikey_app", "serve"]
 
@@ -57,6 +58,11 @@ def serve(
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve the CRA API on embedded defaults: state, ledger and keys in the data directory."""
+    import uvicorn
+
+    from cra.server.app import ServerSettings, create_app
+    from cra.server.boot import DEMO_ATLASES, boot, ensure_admin_key, load_atlas_dirs
+
     root = resolve_data_dir(data_dir)
     settings = ServerSettings(
         max_body_bytes=max_body, key_requests_per_second=key_rate, cors_origins=tuple(cors_origin or ())
@@ -87,6 +93,8 @@ def serve(
 
 
 async def _with_state(data_dir: Path | None, database_url: str | None) -> SqlState:
+    from cra.store.database import open_state, sqlite_url
+
     root = resolve_data_dir(data_dir)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     return await open_state(database_url or sqlite_url(root / "cra.sqlite3"))
@@ -108,7 +116,7 @@ def _key_json(record: ApiKeyRecord) -> dict[str, Any]:
 @apikey_app.command("create")
 def apikey_create(
     tenant: Annotated[str, typer.Option("--tenant", help="The tenant the key belongs to.")],
-    role: Annotated[str, typer.Option("--role", help=f"The service role: {', '.join(ROLES)}.")],
+    role: Annotated[str, typer.Option("--role", help=f"The service role: {_ROLES}.")],
     agent: Annotated[str | None, typer.Option("--agent", help="The agent id an agent key acts as.")] = None,
     policy_role: Annotated[
         list[str] | None,
@@ -120,6 +128,7 @@ def apikey_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API key and print it once; only its hash is stored."""
+    from cra.server.auth import issue_key
 
     async def run() -> tuple[str, ApiKeyRecord]:
         state = await _with_state(data_dir, database_url)

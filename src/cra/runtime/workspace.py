@@ -144,9 +144,8 @@ class _Sessions:
         if existing is not None:
             return existing
         snap.idempotency[pair] = record
-        if pair in changes.idempotency_released:
-            # Released earlier in this operation and claimed again: the stored row is replaced.
-            changes.idempotency_released.discard(pair)
+        # A key released earlier in this operation stays released: the commit deletes
+        # the stored record before it inserts this one.
         changes.idempotency_new[pair] = record
         return None
 

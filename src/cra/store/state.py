@@ -462,20 +462,26 @@ class SqlState:
     # -- API keys -------------------------------------------------------------
 
     async def put_key(self, record: ApiKeyRecord) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(ApiKeyRow).values(
-                    key_id=record.key_id,
-                    tenant_id=record.tenant_id,
-                    role=record.role,
-                    agent_id=record.agent_id,
-                    policy_roles=json.dumps(list(record.policy_roles)),
-                    secret_hash=record.secret_hash,
-                    label=record.label,
-                    created_at=record.created_at,
-                    revoked_at=record.revoked_at,
-                )
+        try:
+            async with self.engine.begin() as conn:
+                await self._insert_key(conn, record)
+        except IntegrityError:
+            raise ConflictError(f"API key {record.key_id} exists") from None
+
+    async def _insert_key(self, conn: AsyncConnection, record: ApiKeyRecord) -> None:
+        await conn.execute(
+            insert(ApiKeyRow).values(
+                key_id=record.key_id,
+                tenant_id=record.tenant_id,
+                role=record.role,
+                agent_id=record.agent_id,
+                policy_roles=json.dumps(list(record.policy_roles)),
+                secret_hash=record.secret_hash,
+                label=record.label,
+                created_at=record.created_at,
+                revoked_at=record.revoked_at,
             )
+        )
 
     async def key(self, key_id: str) -> ApiKeyRecord | None:
         async with self.engine.connect() as conn:

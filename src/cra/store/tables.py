@@ -84,7 +84,8 @@ class EventRow(Base):
     __tablename__ = "events"
     __table_args__ = (UniqueConstraint("session_id", "sequence", name="uq_events_session_sequence"),)
 
-    #: Commit order within this database: the order events are sealed into the ledger.
+    #: Insertion order: the order events are sealed into the ledger. It keeps each chain in
+    #: order (a chain's next event is inserted only after its predecessor committed).
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(ID, unique=True)
     tenant_id: Mapped[str] = mapped_column(NAME)
