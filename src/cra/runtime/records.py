@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["AtlasRecord", "IdempotentCall", "ResolutionRecord", "Session", "SnapshotKeys"]
+__all__ = [
+    "AtlasRecord",
+    "DecisionQuery",
+    "DecisionRecord",
+    "IdempotentCall",
+    "ResolutionRecord",
+    "Session",
+    "SnapshotKeys",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +78,37 @@ class AtlasRecord:
     digest: str
     source: str
     loaded_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionQuery:
+    """Which decision records to list: all filters are optional and combine with AND."""
+
+    tenant_id: str
+    agent_id: str | None = None
+    action_id: str | None = None
+    decision: str | None = None
+    session_id: str | None = None
+    #: RFC 3339 UTC bounds on the event timestamp: ``since`` inclusive, ``until`` exclusive.
+    since: str | None = None
+    until: str | None = None
+    attested_only: bool = False
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One recorded decision: a policy evaluation, a resolution, or a limit violation."""
+
+    event_id: str
+    session_id: str
+    agent_id: str | None
+    event_type: str
+    timestamp: str
+    action_id: str | None
+    decision: str
+    policy_id: str | None
+    #: The attestation id (the event id) when the ledger attests this decision.
+    attestation_id: str | None
+    sealed: bool

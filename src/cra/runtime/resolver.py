@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -79,6 +80,8 @@ DEFAULT_TENANT: Final = "default"
 RESOLUTION_GUARD_ID: Final = "cra:resolution"
 PARAMETERS_GUARD_ID: Final = "cra:parameters_schema"
 _PLAN_CACHE_LIMIT: Final = 4096
+_SHA256: Final = re.compile(r"[0-9a-f]{64}")
+_MEDIA_TYPE: Final = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
 _log = logging.getLogger("cra.ledger")
 
@@ -286,6 +289,55 @@ class Resolver:
     def verify_chain(self, session_id: str) -> None:
         """Return only if the session's chain verifies; raise :class:`~cra.errors.ChainError` otherwise."""
         verify_chain(self.get_trace(session_id))
+
+    def attach_evidence(
+        self,
+        session_id: str,
+        *,
+        sha256: str,
+        media_type: str,
+        description: str,
+        attached_by: str,
+        size_bytes: int | None = None,
+    ) -> TraceEvent:
+        """Record external evidence (a file's digest, type and description) in an active session's trace.
+
+        TRACE/1.0 has no evidence event type, so it is a ``context.injected`` event
+        whose ``block_id`` is ``evidence:sha256:<digest>`` and whose payload carries
+        an ``evidence`` object. The file itself is not stored.
+        """
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            raise ProtocolError("/sha256", "must be 64 lowercase hexadecimal digits")
+        if not isinstance(media_type, str) or len(media_type) > 255 or not _MEDIA_TYPE.fullmatch(media_type):
+            raise ProtocolError("/media_type", "must be a media type such as application/pdf")
+        if not isinstance(description, str) or not 1 <= len(description) <= 2000:
+            raise ProtocolError("/description", "must be a string of 1 to 2000 characters")
+        if size_bytes is not None and (type(size_bytes) is not int or not 0 <= size_bytes < 2**63):
+            raise ProtocolError("/size_bytes", "must be a non-negative integer")
+        if not isinstance(attached_by, str) or not attached_by:
+            raise ProtocolError("/attached_by", "an identity is required")
+        evidence: dict[str, Any] = {
+            "sha256": sha256,
+            "media_type": media_type,
+            "description": description,
+            "attached_by": attached_by,
+        }
+        if size_bytes is not None:
+            evidence["size_bytes"] = size_bytes
+        with self._sealing():
+            session = self._active(session_id)
+            event = self._span(session, self._clock.now()).emit(
+                "context.injected",
+                {
+                    "block_id": f"evidence:sha256:{sha256}",
+                    "source": "evidence",
+                    "content_type": media_type,
+                    "token_count": 0,
+                    "priority": 0,
+                    "evidence": evidence,
+                },
+            )
+        return copy_event(event)
 
     # -- resolve --------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from cra.errors import ConflictError
 from cra.runtime.approvals import Approval
 from cra.runtime.ledger import AttestationClaim
-from cra.runtime.records import AtlasRecord, Session, SnapshotKeys
+from cra.runtime.records import AtlasRecord, DecisionQuery, DecisionRecord, Session, SnapshotKeys
 from cra.runtime.workspace import Changes, Snapshot
 from cra.store import _codec as codec
 from cra.store.tables import (
@@ -207,20 +207,23 @@ class SqlState:
                     .values(**values),
                     f"session {session.session_id}",
                 )
-        tenants = {s.session_id: s.tenant_id for s, _ in changes.sessions.values()}
+        owners = {s.session_id: (s.tenant_id, s.agent_id) for s, _ in changes.sessions.values()}
         if changes.events:
-            missing = {e.session_id for e in changes.events} - tenants.keys()
+            missing = {e.session_id for e in changes.events} - owners.keys()
             if missing:
                 rows = await conn.execute(
-                    select(SessionRow.session_id, SessionRow.tenant_id).where(SessionRow.session_id.in_(missing))
+                    select(SessionRow.session_id, SessionRow.tenant_id, SessionRow.agent_id).where(
+                        SessionRow.session_id.in_(missing)
+                    )
                 )
-                tenants.update({r.session_id: r.tenant_id for r in rows})
+                owners.update({r.session_id: (r.tenant_id, r.agent_id) for r in rows})
             await conn.execute(
                 insert(EventRow),
                 [
                     {
                         "event_id": e.event_id,
-                        "tenant_id": tenants[e.session_id],
+                        "tenant_id": owners[e.session_id][0],
+                        "agent_id": owners[e.session_id][1],
                         "session_id": e.session_id,
                         "sequence": e.sequence,
                         "event_type": e.event_type,
@@ -228,6 +231,8 @@ class SqlState:
                         "line": dumps_event(e),
                         "sealed": False,
                         "claim": _claim(changes.claims.get(e.event_id)),
+                        "attested": e.event_id in changes.claims,
+                        **_decision_columns(e),
                     }
                     for e in changes.events
                 ],
@@ -416,6 +421,100 @@ class SqlState:
             )
             return [_approval(r) for r in rows], int(total)
 
+    async def decisions(self, query: DecisionQuery) -> tuple[list[DecisionRecord], int]:
+        """Recorded decisions of one tenant, oldest first, with their total count."""
+        where = [EventRow.tenant_id == query.tenant_id, EventRow.decision.is_not(None)]
+        for column, value in (
+            (EventRow.agent_id, query.agent_id),
+            (EventRow.action_id, query.action_id),
+            (EventRow.decision, query.decision),
+            (EventRow.session_id, query.session_id),
+        ):
+            if value is not None:
+                where.append(column == value)
+        if query.since is not None:
+            where.append(EventRow.timestamp >= query.since)
+        if query.until is not None:
+            where.append(EventRow.timestamp < query.until)
+        if query.attested_only:
+            where.append(EventRow.attested.is_(True))
+        async with self.engine.connect() as conn:
+            total = (await conn.execute(select(func.count()).select_from(EventRow).where(*where))).scalar_one()
+            rows = await conn.execute(
+                select(
+                    EventRow.event_id,
+                    EventRow.session_id,
+                    EventRow.agent_id,
+                    EventRow.event_type,
+                    EventRow.timestamp,
+                    EventRow.action_id,
+                    EventRow.decision,
+                    EventRow.policy_id,
+                    EventRow.attested,
+                    EventRow.sealed,
+                )
+                .where(*where)
+                .order_by(EventRow.id)
+                .limit(query.limit)
+                .offset(query.offset)
+            )
+            records = [
+                DecisionRecord(
+                    event_id=r.event_id,
+                    session_id=r.session_id,
+                    agent_id=r.agent_id,
+                    event_type=r.event_type,
+                    timestamp=r.timestamp,
+                    action_id=r.action_id,
+                    decision=r.decision,
+                    policy_id=r.policy_id,
+                    attestation_id=r.event_id if r.attested else None,
+                    sealed=bool(r.sealed),
+                )
+                for r in rows
+            ]
+        return records, int(total)
+
+    async def report_rows(
+        self, tenant_id: str, *, since: str | None = None, until: str | None = None
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """What reports aggregate: the tenant's decision rows and its approvals' timings.
+
+        Decision rows are ``(timestamp, event_type, agent_id, action_id, decision, policy_id)``;
+        approval rows are ``(requested_at, status, action_id, agent_id, data)``.
+        """
+        where = [EventRow.tenant_id == tenant_id, EventRow.decision.is_not(None)]
+        approvals_where = [ApprovalRow.tenant_id == tenant_id]
+        if since is not None:
+            where.append(EventRow.timestamp >= since)
+            approvals_where.append(ApprovalRow.requested_at >= since)
+        if until is not None:
+            where.append(EventRow.timestamp < until)
+            approvals_where.append(ApprovalRow.requested_at < until)
+        async with self.engine.connect() as conn:
+            decisions = await conn.execute(
+                select(
+                    EventRow.timestamp,
+                    EventRow.event_type,
+                    EventRow.agent_id,
+                    EventRow.action_id,
+                    EventRow.decision,
+                    EventRow.policy_id,
+                )
+                .where(*where)
+                .order_by(EventRow.id)
+            )
+            approvals = await conn.execute(
+                select(
+                    ApprovalRow.requested_at,
+                    ApprovalRow.status,
+                    ApprovalRow.action_id,
+                    ApprovalRow.agent_id,
+                    ApprovalRow.data,
+                ).where(*approvals_where)
+            )
+            return [tuple(r) for r in decisions], [tuple(r) for r in approvals]
+
     # -- atlases --------------------------------------------------------------
 
     async def atlases(self, tenant_id: str) -> list[AtlasRecord]:
@@ -507,6 +606,24 @@ class SqlState:
                 .values(revoked_at=at)
             )
             return bool(result.rowcount)
+
+
+def _decision_columns(event: TraceEvent) -> dict[str, str | None]:
+    """The action, decision and policy an event records, for evidence and reports."""
+    payload = event.payload
+    decision: Any = None
+    if event.event_type == "policy.evaluated":
+        decision = payload.get("result")
+    elif event.event_type == "carp.resolution.completed":
+        decision = payload.get("decision_type")
+    elif event.event_type == "policy.violated":
+        decision = payload.get("violation_type")
+    action, policy = payload.get("action_id"), payload.get("policy_id")
+    return {
+        "action_id": action if isinstance(action, str) else None,
+        "decision": decision if isinstance(decision, str) else None,
+        "policy_id": policy if isinstance(policy, str) else None,
+    }
 
 
 def _claim(claim: AttestationClaim | None) -> str | None:

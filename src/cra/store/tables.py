@@ -82,7 +82,10 @@ class SessionRow(Base):
 
 class EventRow(Base):
     __tablename__ = "events"
-    __table_args__ = (UniqueConstraint("session_id", "sequence", name="uq_events_session_sequence"),)
+    __table_args__ = (
+        UniqueConstraint("session_id", "sequence", name="uq_events_session_sequence"),
+        Index("ix_events_tenant_type_time", "tenant_id", "event_type", "timestamp"),
+    )
 
     #: Insertion order: the order events are sealed into the ledger. It keeps each chain in
     #: order (a chain's next event is inserted only after its predecessor committed).
@@ -98,6 +101,14 @@ class EventRow(Base):
     sealed: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     #: What to attest about this event when it is sealed (JSON), if it is a decision.
     claim: Mapped[str | None] = mapped_column(Text)
+    # What evidence and reports filter and count on, taken from the event when it is written.
+    agent_id: Mapped[str | None] = mapped_column(NAME)
+    action_id: Mapped[str | None] = mapped_column(NAME)
+    #: ``result`` of a policy.evaluated, ``decision_type`` of a resolution, ``violation_type`` of a violation.
+    decision: Mapped[str | None] = mapped_column(String(32))
+    policy_id: Mapped[str | None] = mapped_column(NAME)
+    #: Whether the ledger attests this event's decision (its attestation id is the event id).
+    attested: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ResolutionRow(Base):

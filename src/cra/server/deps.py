@@ -1,0 +1,183 @@
+"""What the routes share: the request context, authentication, strict bodies and checks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+
+from cra.errors import NotFoundError, ProtocolError
+from cra.protocol.canonical import parse_json
+from cra.runtime.records import Session
+from cra.runtime.service import GovernanceService
+from cra.server.auth import AuthError, Identity, Permission, authenticate_key
+from cra.server.settings import ServerSettings
+from cra.store.state import SqlState
+
+__all__ = [
+    "Body",
+    "Buckets",
+    "Caller",
+    "Context",
+    "OptionalBody",
+    "RateLimited",
+    "Service",
+    "context",
+    "expect_fields",
+    "own_session",
+    "strings",
+]
+
+
+class Buckets:
+    """A token bucket per API key, in this process."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._burst = max(1.0, 2 * rate)
+        self._state: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float | None:
+        """None if the request may go ahead, else the seconds until it may."""
+        if self._rate <= 0:
+            return None
+        now = time.monotonic()
+        tokens, at = self._state.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - at) * self._rate)
+        if tokens < 1:
+            self._state[key] = (tokens, now)
+            return (1 - tokens) / self._rate
+        self._state[key] = (tokens - 1, now)
+        return None
+
+
+def _depth(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests no deeper than ``limit``."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def expect_fields(
+    body: Any, allowed: dict[str, type | tuple[type, ...]], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Check a body object's keys and value types: unknown keys are refused, with their path."""
+    if not isinstance(body, dict):
+        raise ProtocolError("", "the body must be a JSON object")
+    for key in body:
+        if key not in allowed:
+            raise ProtocolError(f"/{key}", "is not a known field")
+    for key in required:
+        if key not in body:
+            raise ProtocolError(f"/{key}", "is required")
+    for key, value in body.items():
+        kinds = _tuple(allowed[key])
+        wrong_bool = isinstance(value, bool) and bool not in kinds
+        if value is not None and (wrong_bool or not isinstance(value, kinds)):
+            raise ProtocolError(f"/{key}", f"must be {_kind_name(kinds)}")
+    return body
+
+
+def _tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kinds if isinstance(kinds, tuple) else (kinds,)
+
+
+def _kind_name(kinds: type | tuple[type, ...]) -> str:
+    names = {str: "a string", dict: "an object", list: "a list", bool: "true or false", int: "an integer"}
+    return " or ".join(names.get(k, k.__name__) for k in _tuple(kinds))
+
+
+def strings(value: Any, path: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ProtocolError(path, "must be a list of non-empty strings")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What every request reaches through ``app.state.cra``."""
+
+    service: GovernanceService
+    state: SqlState
+    settings: ServerSettings
+    buckets: Buckets
+
+
+def context(request: Request) -> Context:
+    ctx: Context = request.app.state.cra
+    return ctx
+
+
+async def _identity(
+    request: Request,
+    x_api_key: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Identity:
+    token = x_api_key
+    if token is None and authorization is not None:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            token = credentials.strip()
+    if not token:
+        raise AuthError("send an API key in X-API-Key (or as a Bearer token)")
+    ctx = context(request)
+    who = await authenticate_key(ctx.state, token)
+    wait = ctx.buckets.take(who.key_id)
+    if wait is not None:
+        raise RateLimited(wait)
+    return who
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw:
+        raise ProtocolError("", "the request needs a JSON body")
+    value = parse_json(raw, source=None, error=ProtocolError)
+    limit = context(request).settings.max_json_depth
+    if not _depth(value, limit):
+        raise ProtocolError("", f"JSON is nested deeper than {limit} levels")
+    return value
+
+
+async def _optional_body(request: Request) -> Any:
+    return await _body(request) if await request.body() else None
+
+
+Caller = Annotated[Identity, Depends(_identity)]
+Body = Annotated[Any, Depends(_body)]
+OptionalBody = Annotated[Any, Depends(_optional_body)]
+
+
+def _service(request: Request) -> GovernanceService:
+    return context(request).service
+
+
+Service = Annotated[GovernanceService, Depends(_service)]
+
+
+async def own_session(service: GovernanceService, who: Identity, session_id: str) -> Session:
+    """The session, if this caller may see it; a 404 otherwise, so existence does not leak."""
+    session = await service.session(who.tenant_id, session_id)
+    if who.can(Permission.READ_SESSIONS):
+        return session
+    if who.can(Permission.RUN_SESSIONS) and (who.agent_id is None or who.agent_id == session.agent_id):
+        return session
+    raise NotFoundError("session", session_id)
+
+
+class RateLimited(Exception):
+    """An API key over its request rate; ``wait`` is the seconds until it may go on."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait

@@ -1,0 +1,19 @@
+"""The service's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ServerSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: int = 1_048_576
+    #: Deepest JSON nesting accepted in a body.
+    max_json_depth: int = 64
+    #: Requests per second each API key may make (a burst of twice that is allowed); 0 turns it off.
+    key_requests_per_second: float = 1000.0
+    #: Origins allowed by CORS; none by default.
+    cors_origins: tuple[str, ...] = ()
