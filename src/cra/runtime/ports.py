@@ -16,7 +16,15 @@ from cra.trace.event import TraceEvent
 if TYPE_CHECKING:
     from cra.runtime.approvals import Approval
     from cra.runtime.ledger import AttestationClaim
-    from cra.runtime.records import AtlasRecord, IdempotentCall, ResolutionRecord, Session, SnapshotKeys
+    from cra.runtime.records import (
+        AtlasRecord,
+        DecisionQuery,
+        DecisionRecord,
+        IdempotentCall,
+        ResolutionRecord,
+        Session,
+        SnapshotKeys,
+    )
     from cra.runtime.workspace import Changes, Snapshot
 
 __all__ = [
@@ -268,6 +276,12 @@ class StateStore(Protocol):
         limit: int = 100,
         offset: int = 0,
     ) -> tuple[list[Approval], int]: ...
+
+    async def decisions(self, query: DecisionQuery) -> tuple[list[DecisionRecord], int]: ...
+
+    async def report_rows(
+        self, tenant_id: str, *, since: str | None = None, until: str | None = None
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]: ...
 
     async def atlases(self, tenant_id: str) -> list[AtlasRecord]: ...
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from cra.errors import AtlasError, ConflictError, CRAError, LedgerError, NotFoundError, ProtocolError
+from cra.errors import AtlasError, ConflictError, CRAError, LedgerError, NotFoundError, ProtocolError, json_pointer
 from cra.policy.decision import Decision
 from cra.protocol.atlas import Atlas, parse_package
 from cra.protocol.canonical import canonical_json
@@ -42,7 +42,7 @@ from cra.runtime.ids import SystemIds
 from cra.runtime.ledger import AttestationClaim, AuditLedger
 from cra.runtime.memory import MemoryCounters
 from cra.runtime.ports import Clock, CounterStore, IdSource, Signer, StateStore
-from cra.runtime.records import AtlasRecord, Session, SnapshotKeys
+from cra.runtime.records import AtlasRecord, DecisionQuery, DecisionRecord, Session, SnapshotKeys
 from cra.runtime.resolver import Resolver
 from cra.runtime.workspace import Changes, Workspace
 from cra.trace.chain import ChainReport, check_chain
@@ -69,7 +69,7 @@ def package_of(manifest: Mapping[str, Any], files: Mapping[str, str | bytes] | N
         elif isinstance(content, bytes):
             package[path] = content
         else:
-            raise AtlasError(f"/files/{path}", "must be text")
+            raise AtlasError(json_pointer(["files", path]), "must be text")
     return package
 
 
@@ -381,6 +381,35 @@ class GovernanceService:
             tenant.engines[atlas.atlas_id] = engine
         decision = engine.evaluate(action, agent, roles, risk_tier, params, context, dry_run=True)
         return atlas, decision
+
+    async def attach_evidence(
+        self,
+        tenant_id: str,
+        session_id: str,
+        *,
+        sha256: str,
+        media_type: str,
+        description: str,
+        attached_by: str,
+        size_bytes: int | None = None,
+    ) -> TraceEvent:
+        """Record external evidence in a session's trace (see :meth:`Resolver.attach_evidence`)."""
+        await self.session(tenant_id, session_id)
+        return await self._operate(
+            SnapshotKeys(tenant_id, session_id),
+            lambda r: r.attach_evidence(
+                session_id,
+                sha256=sha256,
+                media_type=media_type,
+                description=description,
+                attached_by=attached_by,
+                size_bytes=size_bytes,
+            ),
+        )
+
+    async def decisions(self, query: DecisionQuery) -> tuple[list[DecisionRecord], int]:
+        """Recorded decisions with their attestation ids, filtered, oldest first."""
+        return await self.state.decisions(query)
 
     # -- reads ----------------------------------------------------------------
 

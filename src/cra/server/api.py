@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.responses import JSONResponse, PlainTextResponse
 
 import cra
-from cra.errors import ProtocolError
+from cra.errors import ProtocolError, json_pointer
 from cra.runtime.approvals import Approval
 from cra.runtime.records import Session
 from cra.runtime.service import package_of
@@ -282,7 +282,7 @@ async def load_atlas(
         files = wrapper.get("files") or {}
         for path, text in files.items():
             if not isinstance(text, str):
-                raise ProtocolError(f"/files/{path}", "must be the file's text")
+                raise ProtocolError(json_pointer(["files", path]), "must be the file's text")
         package = package_of(wrapper["manifest"], files)
     else:
         if not isinstance(data, dict):

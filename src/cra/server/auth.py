@@ -46,6 +46,8 @@ class Permission(StrEnum):
     READ_SESSIONS = "sessions:read"  # every session and trace of the tenant
     DECIDE_APPROVALS = "approvals:decide"
     READ_APPROVALS = "approvals:read"
+    ATTACH_EVIDENCE = "evidence:attach"  # to sessions the caller may see
+    READ_REPORTS = "reports:read"
 
 
 #: The permission matrix (docs/service.md renders it). An ``agent`` acts only as its own agent
@@ -53,11 +55,27 @@ class Permission(StrEnum):
 PERMISSIONS: Final[dict[str, frozenset[Permission]]] = {
     "admin": frozenset(Permission),
     "policy_author": frozenset({Permission.READ_ATLASES, Permission.WRITE_ATLASES, Permission.EVALUATE}),
-    "agent": frozenset({Permission.READ_ATLASES, Permission.EVALUATE, Permission.RUN_SESSIONS}),
-    "approver": frozenset(
-        {Permission.READ_ATLASES, Permission.READ_SESSIONS, Permission.READ_APPROVALS, Permission.DECIDE_APPROVALS}
+    "agent": frozenset(
+        {Permission.READ_ATLASES, Permission.EVALUATE, Permission.RUN_SESSIONS, Permission.ATTACH_EVIDENCE}
     ),
-    "auditor": frozenset({Permission.READ_ATLASES, Permission.READ_SESSIONS, Permission.READ_APPROVALS}),
+    "approver": frozenset(
+        {
+            Permission.READ_ATLASES,
+            Permission.READ_SESSIONS,
+            Permission.READ_APPROVALS,
+            Permission.DECIDE_APPROVALS,
+            Permission.ATTACH_EVIDENCE,
+        }
+    ),
+    "auditor": frozenset(
+        {
+            Permission.READ_ATLASES,
+            Permission.READ_SESSIONS,
+            Permission.READ_APPROVALS,
+            Permission.ATTACH_EVIDENCE,
+            Permission.READ_REPORTS,
+        }
+    ),
 }
 
 

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +16,7 @@ from pathlib import Path
 import cra
 from cra.errors import ConflictError
 from cra.runtime.atlas_files import read_package
+from cra.runtime.execution import Executor
 from cra.runtime.ledger import AuditLedger
 from cra.runtime.memory import HmacSigner
 from cra.runtime.service import GovernanceService
@@ -42,8 +43,13 @@ class Booted:
         self.ledger.close()
 
 
-async def boot(data_dir: Path, *, database_url: str | None = None) -> Booted:
-    """Open (creating if need be) the data directory's state, ledger and keys."""
+async def boot(
+    data_dir: Path, *, database_url: str | None = None, executors: Mapping[str, Executor] | None = None
+) -> Booted:
+    """Open (creating if need be) the data directory's state, ledger and keys.
+
+    ``executors`` run allowed ``execute`` calls of their actions (when CRA is embedded).
+    """
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     state = await open_state(database_url or sqlite_url(data_dir / "cra.sqlite3"))
     try:
@@ -52,7 +58,7 @@ async def boot(data_dir: Path, *, database_url: str | None = None) -> Booted:
         await state.close()
         raise
     signer = HmacSigner(ticket_secret(data_dir / "keys"))
-    return Booted(GovernanceService(state, signer=signer, ledger=ledger), state, ledger)
+    return Booted(GovernanceService(state, signer=signer, ledger=ledger, executors=executors), state, ledger)
 
 
 async def ensure_admin_key(state: SqlState) -> str | None:

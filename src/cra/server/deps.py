@@ -54,16 +54,15 @@ class Buckets:
 
 
 def _depth(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests no deeper than ``limit``."""
-    stack = [(value, 1)]
+    """Whether ``value`` nests objects and arrays no more than ``limit`` levels deep."""
+    stack = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        if depth > limit:
-            return False
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
+        if isinstance(item, dict | list):
+            depth += 1
+            if depth > limit:
+                return False
+            stack.extend((v, depth) for v in (item.values() if isinstance(item, dict) else item))
     return True
 
 

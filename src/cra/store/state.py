@@ -480,7 +480,7 @@ class SqlState:
     ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """What reports aggregate: the tenant's decision rows and its approvals' timings.
 
-        Decision rows are ``(timestamp, event_type, agent_id, action_id, decision, policy_id)``;
+        Decision rows are ``(timestamp, event_type, agent_id, action_id, decision, policy_id, attested)``;
         approval rows are ``(requested_at, status, action_id, agent_id, data)``.
         """
         where = [EventRow.tenant_id == tenant_id, EventRow.decision.is_not(None)]
@@ -500,6 +500,7 @@ class SqlState:
                     EventRow.action_id,
                     EventRow.decision,
                     EventRow.policy_id,
+                    EventRow.attested,
                 )
                 .where(*where)
                 .order_by(EventRow.id)
