@@ -42,6 +42,12 @@ class Env:
         )
         return {"X-API-Key": token}
 
+    async def key_with_id(self, tenant: str, role: str, *, agent: str | None = None) -> tuple[dict[str, str], str]:
+        token, record = await issue_key(
+            self.booted.state, tenant_id=tenant, role=role, agent_id=agent, now=datetime.now(UTC)
+        )
+        return {"X-API-Key": token}, record.key_id
+
     async def support(self, tenant: str) -> None:
         assert await load_atlas_dirs(self.booted.service, tenant, [SUPPORT]) == [SUPPORT_ID]
 

@@ -239,6 +239,11 @@ class AuditLedger:
         latest = self._store.checkpoint()
         return None if latest is None else latest[1]
 
+    def checkpoint_at(self, size: int) -> str | None:
+        """The signed checkpoint of exactly ``size`` entries, if the log signed one."""
+        found = self._store.checkpoint(size)
+        return None if found is None else found[1]
+
     def _covering(self, index: int) -> tuple[Checkpoint, str]:
         """The newest checkpoint, signed now if it does not yet cover ``index``."""
         latest = self._store.checkpoint()

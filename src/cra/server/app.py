@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import cra
 from cra.runtime.service import GovernanceService
-from cra.server import api, evidence_api
+from cra.server import api, evidence_api, ledger_api, stream_api
 from cra.server.deps import Buckets, Context, RateLimited
 from cra.server.problems import install_handlers, problem
 from cra.server.settings import ServerSettings
@@ -123,7 +123,7 @@ def create_app(
         response.headers["Retry-After"] = str(seconds)
         return response
 
-    for module in (api, evidence_api):
+    for module in (api, evidence_api, ledger_api, stream_api):
         app.include_router(module.router)
         app.include_router(module.aliases)
     return app

@@ -57,15 +57,6 @@ def _newest_checkpoint(ledger: AuditLedger) -> str:
     return ledger.latest_checkpoint() or ledger.checkpoint()
 
 
-def _checkpoint_at(ledger: AuditLedger, size: int) -> str | None:
-    """The signed checkpoint of exactly ``size`` entries, if the log signed one.
-
-    AuditLedger has no public accessor for this yet; it reads the ledger's store.
-    """
-    found = ledger._store.checkpoint(size)
-    return None if found is None else found[1]
-
-
 # -- checkpoints and consistency ---------------------------------------------------
 
 
@@ -85,7 +76,7 @@ def _consistency(ledger: AuditLedger, old: int, new: int | None) -> dict[str, An
     else:
         if new < old:
             raise ValidationError("/new", f"must not be smaller than old ({old}): a log cannot shrink")
-        found = _checkpoint_at(ledger, new)
+        found = ledger.checkpoint_at(new)
         if found is None:
             raise ValidationError("/new", f"the log has no signed checkpoint of size {new}")
         note = found
