@@ -112,7 +112,8 @@ def _cra(*args: str) -> list[str]:
 class Server:
     """``cra serve`` in a subprocess, its output in files of the data directory (stdout holds the admin key)."""
 
-    def __init__(self, data_dir: Path, logs: Path) -> None:
+    def __init__(self, data_dir: Path, logs: Path, workers: int = 1) -> None:
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self._stdout = (logs / "serve.stdout").open("w")
@@ -130,6 +131,8 @@ class Server:
             "0",
             "--log-level",
             "warning",
+            "--workers",
+            str(workers),
         )
         self.process = subprocess.Popen(  # noqa: S603 - the project's own command line
             command, stdout=self._stdout, stderr=self._stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -156,12 +159,27 @@ class Server:
         raise BenchError(f"cra serve did not answer /v1/health within {timeout:g} s:\n{self.log_tail()}")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time the server and its worker processes have used so far (Linux /proc)."""
+        total = 0.0
+        for pid in [self.process.pid, *self._workers()]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                return float("nan")
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def _workers(self) -> list[int]:
+        """The pids of the server's direct children (uvicorn's worker processes)."""
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                children.append(int(stat.parent.name))
+        return children
 
     def stop(self) -> int | None:
         if self.process.poll() is None:
@@ -377,14 +395,14 @@ def ratios(workloads: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 # -- the report ----------------------------------------------------------------------------------------------------
 
 
-def run(wrk: str, load: Load, mode: str) -> dict[str, Any]:
+def run(wrk: str, load: Load, mode: str, workers: int = 1) -> dict[str, Any]:
     started = datetime.now(UTC)
     wall = time.perf_counter()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="cra-bench-service-") as tmp:
         data_dir = Path(tmp) / "data"
         logs = Path(tmp)
-        server = Server(data_dir, logs)
+        server = Server(data_dir, logs, workers)
         try:
             startup = server.wait_healthy()
             key = create_agent_key(data_dir)
@@ -411,7 +429,7 @@ def run(wrk: str, load: Load, mode: str) -> dict[str, Any]:
         "server": {
             "command": "python -m cra serve --key-rate 0 --log-level warning (demo atlases, SQLite in a temp dir)",
             "host": HOST,
-            "workers": 1,
+            "workers": workers,
             "startup_seconds": round(startup, 2),
             "exit_code": exit_code,
         },
@@ -428,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 s per scenario and no warm-up, for smoke runs")
     parser.add_argument("--out", type=Path, help="also write the JSON document to this file")
     parser.add_argument("--threads", type=int, help="wrk threads (default 2)")
+    parser.add_argument("--workers", type=int, default=1, help="cra serve worker processes (default 1)")
     parser.add_argument("--connections", type=int, help="open connections (default 16)")
     parser.add_argument("--duration", type=int, help="seconds per scenario (default 10; 2 with --quick)")
     parser.add_argument(
@@ -456,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if load.connections < load.threads:
         parser.error("--connections must be at least --threads")
     try:
-        report = run(wrk, load, "quick" if args.quick else "full")
+        report = run(wrk, load, "quick" if args.quick else "full", args.workers)
     except BenchError as exc:
         print(f"bench_service: {exc}", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ HTTP statuses: entry points map these classes in one place each.
     ├── TraceError           a trace file that cannot be read (line + path + reason)
     ├── ChainError           a hash chain that does not verify (kind + index)
     ├── ProofError           a Merkle proof, signed note, checkpoint or bundle that does not verify
+    ├── UnavailableError     a dependency that cannot answer (counters, cache): the call is refused
     ├── LedgerError          a ledger operation its stored state does not allow
     │   └── LedgerConflict   an append that lost a race with another writer
     └── RuntimeStateError    a call that the runtime's state does not allow
@@ -43,6 +44,7 @@ __all__ = [
     "RuntimeStateError",
     "SessionError",
     "TraceError",
+    "UnavailableError",
     "ValidationError",
     "json_pointer",
 ]
@@ -127,6 +129,13 @@ class ProofError(CRAError):
     """
 
     code = "proof_invalid"
+
+
+class UnavailableError(CRAError):
+    """A dependency that cannot answer, such as the shared rate-limit counters. The call it
+    was needed for is refused, and nothing the call did so far is kept."""
+
+    code = "unavailable"
 
 
 class LedgerError(CRAError):

@@ -551,6 +551,7 @@ def test_bad_credentials_get_401(tmp_path: Path) -> None:
         r = await c.get("/v1/sessions")
         assert "www-authenticate" in r.headers
 
+        # With the key cache off (as here), a revocation in the store takes effect at once.
         assert await env.booted.state.revoke_key(key_id, now())
         problem_of(await c.get("/v1/sessions", headers=good), 401)
         problem_of(await c.post("/v1/sessions", json={"agent_id": "a", "goal": "g"}, headers=good), 401)
@@ -559,7 +560,7 @@ def test_bad_credentials_get_401(tmp_path: Path) -> None:
         assert r.status_code == 200
         assert r.json()["status"] == "healthy"
 
-    run(tmp_path, body)
+    run(tmp_path, body, ServerSettings(key_cache_seconds=0))
 
 
 # -- 5. bad input -------------------------------------------------------------------

@@ -37,14 +37,24 @@ DatabaseUrl = Annotated[
         help="The state database (default: SQLite in the data dir), e.g. postgresql+asyncpg://host/db.",
     ),
 ]
+RedisUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-url",
+        envvar="CRA_REDIS_URL",
+        help="Redis for shared rate-limit and budget counters and the atlas cache, e.g. redis://host:6379/0.",
+    ),
+]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 def serve(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    redis_url: RedisUrl = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8420,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes.")] = 1,
     demo: Annotated[
         bool, typer.Option("--demo/--no-demo", help="Load the example atlases into tenant 'default' if it has none.")
     ] = True,
@@ -58,18 +68,21 @@ def serve(
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve the CRA API on embedded defaults: state, ledger and keys in the data directory."""
+    import os
+
     import uvicorn
 
     from cra.server.app import ServerSettings, create_app
-    from cra.server.boot import DEMO_ATLASES, boot, ensure_admin_key, load_atlas_dirs
+    from cra.server.boot import DEMO_ATLASES, Booted, boot, ensure_admin_key, load_atlas_dirs
+    from cra.server.workers import CONFIG_ENV, worker_config
 
     root = resolve_data_dir(data_dir)
     settings = ServerSettings(
         max_body_bytes=max_body, key_requests_per_second=key_rate, cors_origins=tuple(cors_origin or ())
     )
 
-    async def run() -> None:
-        booted = await boot(root, database_url=database_url)
+    async def prepare() -> Booted:
+        booted = await boot(root, database_url=database_url, redis_url=redis_url)
         try:
             token = await ensure_admin_key(booted.state)
             if token is not None:
@@ -79,6 +92,14 @@ def serve(
                 paths = sorted(p for p in DEMO_ATLASES.iterdir() if (p / "atlas.json").is_file())
                 loaded = await load_atlas_dirs(booted.service, "default", paths)
                 typer.echo(f"loaded the example atlases: {', '.join(loaded)}", err=True)
+        except BaseException:
+            await booted.close()
+            raise
+        return booted
+
+    async def run_one() -> None:
+        booted = await prepare()
+        try:
             app = create_app(booted.service, booted.state, settings=settings)
             config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
             typer.echo(f"CRA serving http://{host}:{port} (data dir {root})", err=True)
@@ -86,10 +107,28 @@ def serve(
         finally:
             await booted.close()
 
+    async def prepare_only() -> None:
+        booted = await prepare()
+        await booted.close()
+
     try:
-        asyncio.run(run())
+        if workers == 1:
+            asyncio.run(run_one())
+            return
+        asyncio.run(prepare_only())
     except CRAError as exc:
         fail(exc)
+    os.environ[CONFIG_ENV] = worker_config(root, database_url, redis_url, settings)
+    typer.echo(f"CRA serving http://{host}:{port} with {workers} workers (data dir {root})", err=True)
+    uvicorn.run(
+        "cra.server.workers:app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+    )
 
 
 async def _with_state(data_dir: Path | None, database_url: str | None) -> SqlState:

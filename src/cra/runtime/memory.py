@@ -79,6 +79,13 @@ class MemoryCounters:
                     self._hits[charge.key].append((now, charge.amount))
             return breach
 
+    def release(self, charges: Sequence[Charge], now: float) -> None:
+        with self._lock:
+            for charge in charges:
+                hits = self._hits.get(charge.key)
+                if hits is not None and (now, charge.amount) in hits:
+                    hits.remove((now, charge.amount))
+
 
 class MemoryEventStore:
     """Every session's events in a list, in order."""

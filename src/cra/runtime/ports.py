@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ApprovalStore",
+    "AtlasDigests",
     "Clock",
     "CounterStore",
     "EventStore",
@@ -66,6 +67,10 @@ class CounterStore(Protocol):
 
     def consume(self, charges: Sequence[Charge], now: float) -> LimitBreach | None:
         """Atomically take every charge, or none of them and return the breach."""
+        ...
+
+    def release(self, charges: Sequence[Charge], now: float) -> None:
+        """Give back what a successful ``consume(charges, now)`` took, for a call that was not kept."""
         ...
 
 
@@ -225,6 +230,20 @@ class LedgerStore(Protocol):
     def close(self) -> None:
         """Release the store's resources; it is not used afterwards."""
         ...
+
+
+class AtlasDigests(Protocol):
+    """A cache of each tenant's atlas digests, shared by the service's processes.
+
+    ``get`` answers ``None`` when it does not know (read the state store, then ``put``);
+    ``invalidate`` after a change makes every process read the store again.
+    """
+
+    async def get(self, tenant_id: str) -> dict[str, str] | None: ...
+
+    async def put(self, tenant_id: str, digests: Mapping[str, str]) -> None: ...
+
+    async def invalidate(self, tenant_id: str) -> None: ...
 
 
 class StateStore(Protocol):

@@ -593,13 +593,13 @@ class Resolver:
         executor = self._executors.get(ex.action_id)
         if decision.effect is Effect.ALLOW and executor is not None:
             moment = call.now.timestamp()
-            breach = self._counters.check(decision.charges, moment) if decision.charges else None
+            # Limits are taken before a ticket is spent: a call the limits refuse keeps its
+            # approval, and a counter store that cannot answer raises before anything is redeemed.
+            breach = self._counters.consume(decision.charges, moment) if decision.charges else None
             if breach is None and approval is not None:
                 used = [a for a in (approval.approval_id, *approval.carries) if not self._approvals.redeem(a)]
                 if used:
                     return self._refuse(call, "invalid_approval", f"approval {used[0]} was already used"), None, None
-            if breach is None and decision.charges:
-                breach = self._counters.consume(decision.charges, moment)
             if breach is not None:
                 decision = limit_exceeded(decision, breach)
         stopped = self._decided(call, decision, loaded, approval)

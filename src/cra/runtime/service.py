@@ -25,12 +25,23 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from cra.errors import AtlasError, ConflictError, CRAError, LedgerError, NotFoundError, ProtocolError, json_pointer
-from cra.policy.decision import Decision
+from cra.errors import (
+    AtlasError,
+    ConflictError,
+    CRAError,
+    LedgerError,
+    NotFoundError,
+    ProtocolError,
+    UnavailableError,
+    json_pointer,
+)
+from cra.policy.decision import Charge, Decision, LimitBreach
 from cra.protocol.atlas import Atlas, parse_package
 from cra.protocol.canonical import canonical_json
 from cra.protocol.carp import CarpRequest, parse_carp_request
@@ -41,7 +52,7 @@ from cra.runtime.execution import Executor
 from cra.runtime.ids import SystemIds
 from cra.runtime.ledger import AttestationClaim, AuditLedger
 from cra.runtime.memory import MemoryCounters
-from cra.runtime.ports import Clock, CounterStore, IdSource, Signer, StateStore
+from cra.runtime.ports import AtlasDigests, Clock, CounterStore, IdSource, Signer, StateStore
 from cra.runtime.records import AtlasRecord, DecisionQuery, DecisionRecord, Session, SnapshotKeys
 from cra.runtime.resolver import Resolver
 from cra.runtime.workspace import Changes, Workspace
@@ -84,6 +95,47 @@ def _decode_package(source: str) -> dict[str, bytes]:
         raise AtlasError("", f"the stored atlas package cannot be read: {exc}") from None
 
 
+class _Counters:
+    """The service's counters: they remember what the current attempt consumed, so that an
+    attempt whose commit lost a race (and is run again) gives its charges back."""
+
+    def __init__(self, inner: CounterStore) -> None:
+        self.inner = inner
+        self._taken: list[tuple[tuple[Charge, ...], float]] = []
+
+    def check(self, charges: Sequence[Charge], now: float) -> LimitBreach | None:
+        return self.inner.check(charges, now)
+
+    def consume(self, charges: Sequence[Charge], now: float) -> LimitBreach | None:
+        breach = self.inner.consume(charges, now)
+        if breach is None and charges:
+            self._taken.append((tuple(charges), now))
+        return breach
+
+    def release(self, charges: Sequence[Charge], now: float) -> None:
+        self.inner.release(charges, now)
+
+    def take(self) -> list[tuple[tuple[Charge, ...], float]]:
+        """What was consumed since the last take (call it right after the attempt, before any await)."""
+        taken, self._taken = self._taken, []
+        return taken
+
+    def give_back(self, taken: Sequence[tuple[tuple[Charge, ...], float]]) -> None:
+        for charges, now in reversed(taken):
+            try:
+                self.inner.release(charges, now)
+            except UnavailableError:
+                _log.exception("could not give back the charges of an attempt that was not kept")
+
+
+@dataclass(slots=True)
+class _Turn:
+    """One session's operations in this process, one at a time; dropped when nobody waits."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 @dataclass(slots=True)
 class _Tenant:
     resolver: Resolver
@@ -104,20 +156,32 @@ class GovernanceService:
         clock: Clock | None = None,
         ids: IdSource | None = None,
         counters: CounterStore | None = None,
+        digests: AtlasDigests | None = None,
         executors: Mapping[str, Executor] | None = None,
         resolution_ttl_seconds: int = 3600,
         max_clock_skew_seconds: int = 300,
+        atlas_refresh_seconds: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``digests`` is a cache of the tenants' atlas digests shared by every process (Redis),
+        invalidated when an atlas changes. Without one, this process trusts the digests it read
+        for ``atlas_refresh_seconds``: an atlas loaded or unloaded through another process is
+        used here within that time."""
         self.state = state
         self.ledger = ledger
         self._signer = signer
         self._clock: Clock = clock or SystemClock()
         self._ids: IdSource = ids or SystemIds()
-        self._counters: CounterStore = counters or MemoryCounters()
+        self._counters = _Counters(counters or MemoryCounters())
         self._executors = dict(executors or {})
         self._ttl = resolution_ttl_seconds
         self._skew = max_clock_skew_seconds
         self._tenants: dict[str, _Tenant] = {}
+        self._shared_digests = digests
+        self._atlas_refresh = atlas_refresh_seconds
+        self._monotonic = monotonic
+        self._digest_cache: dict[str, tuple[float, dict[str, str]]] = {}
+        self._turns: dict[str, _Turn] = {}
         self._seal_lock = asyncio.Lock()
 
     # -- lifecycle ------------------------------------------------------------
@@ -151,12 +215,30 @@ class GovernanceService:
             resolver.register_executor(action_id, executor)
         return _Tenant(resolver, ws, {})
 
+    async def _digests(self, tenant_id: str) -> dict[str, str]:
+        """The tenant's atlas digests as the store holds them: from the shared cache, or re-read
+        at most once per refresh interval."""
+        if self._shared_digests is not None:
+            cached_digests = await self._shared_digests.get(tenant_id)
+            if cached_digests is not None:
+                return cached_digests
+            stored = await self.state.atlas_digests(tenant_id)
+            await self._shared_digests.put(tenant_id, stored)
+            return stored
+        now = self._monotonic()
+        cached = self._digest_cache.get(tenant_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        digests = await self.state.atlas_digests(tenant_id)
+        self._digest_cache[tenant_id] = (now + self._atlas_refresh, digests)
+        return digests
+
     async def _tenant(self, tenant_id: str) -> _Tenant:
-        """The tenant's resolver, with exactly the atlases the store holds for it now."""
+        """The tenant's resolver, with the atlases the store holds for it (as of the last refresh)."""
         tenant = self._tenants.get(tenant_id)
         if tenant is None:
             tenant = self._tenants[tenant_id] = self._new_tenant(tenant_id)
-        digests = await self.state.atlas_digests(tenant_id)
+        digests = await self._digests(tenant_id)
         if digests != tenant.digests:
             records = {r.atlas_id: r for r in await self.state.atlases(tenant_id)}
             fresh = self._new_tenant(tenant_id)
@@ -165,9 +247,9 @@ class GovernanceService:
                     fresh.resolver.load_atlas(parse_package(_decode_package(records[atlas_id].source)))
                 except CRAError:
                     _log.exception("stored atlas %s of tenant %s no longer loads; it is left out", atlas_id, tenant_id)
-                    continue
-                fresh.digests[atlas_id] = records[atlas_id].digest
-            fresh.digests = {a: d for a, d in digests.items() if a in records}
+            # What the store holds, loadable or not, so that a broken atlas is not recompiled on every call.
+            fresh.digests = {a: r.digest for a, r in records.items()}
+            self._digest_cache[tenant_id] = (self._monotonic() + self._atlas_refresh, dict(fresh.digests))
             tenant = self._tenants[tenant_id] = fresh
         return tenant
 
@@ -197,6 +279,7 @@ class GovernanceService:
             loaded_at=format_timestamp(self._clock.now()),
         )
         await self.state.put_atlas(record, replace=replace)
+        await self._changed(tenant_id)
         return atlas
 
     async def atlases(self, tenant_id: str) -> tuple[Atlas, ...]:
@@ -209,13 +292,51 @@ class GovernanceService:
         raise NotFoundError("atlas", atlas_id)
 
     async def unload_atlas(self, tenant_id: str, atlas_id: str) -> None:
-        if not await self.state.delete_atlas(tenant_id, atlas_id):
+        deleted = await self.state.delete_atlas(tenant_id, atlas_id)
+        await self._changed(tenant_id)
+        if not deleted:
             raise NotFoundError("atlas", atlas_id)
+
+    async def _changed(self, tenant_id: str) -> None:
+        """The tenant's atlases changed (committed): forget its digests here and in every process.
+
+        If the shared cache cannot be told, the other processes still converge within its TTL."""
+        self._digest_cache.pop(tenant_id, None)
+        if self._shared_digests is None:
+            return
+        try:
+            await self._shared_digests.invalidate(tenant_id)
+        except UnavailableError:
+            _log.exception("could not invalidate the shared atlas digests of tenant %s", tenant_id)
 
     # -- operations -----------------------------------------------------------
 
     async def _operate(self, keys: SnapshotKeys, op: Callable[[Resolver], _T]) -> _T:
-        """Run ``op`` on a fresh snapshot, commit what it wrote, seal it; again if it lost a race."""
+        """Run ``op`` on a fresh snapshot, commit what it wrote, seal it; again if it lost a race.
+
+        Operations on one session take turns within this process, so they never race each
+        other; the database still referees races with other processes.
+        """
+        if keys.session_id is None:
+            return await self._attempts(keys, op)
+        async with self._turn(keys.session_id):
+            return await self._attempts(keys, op)
+
+    @asynccontextmanager
+    async def _turn(self, session_id: str) -> AsyncIterator[None]:
+        turn = self._turns.get(session_id)
+        if turn is None:
+            turn = self._turns[session_id] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[session_id]
+
+    async def _attempts(self, keys: SnapshotKeys, op: Callable[[Resolver], _T]) -> _T:
         for _ in range(_RETRIES):
             tenant = await self._tenant(keys.tenant_id)
             snapshot = await self.state.snapshot(keys)
@@ -223,14 +344,23 @@ class GovernanceService:
             failure: CRAError | None = None
             try:
                 result = op(tenant.resolver)
+            except UnavailableError:  # a dependency could not answer: nothing of this call is kept
+                tenant.workspace.take()
+                self._counters.give_back(self._counters.take())
+                raise
             except CRAError as exc:  # refused: its error.occurred event is committed all the same
                 failure = exc
             changes = tenant.workspace.take()
+            consumed = self._counters.take()
             try:
                 await self.state.commit(changes)
             except ConflictError:
+                self._counters.give_back(consumed)
                 await asyncio.sleep(0)
                 continue
+            except BaseException:
+                self._counters.give_back(consumed)
+                raise
             await self._seal(changes)
             if failure is not None:
                 raise failure

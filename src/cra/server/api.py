@@ -14,11 +14,22 @@ from cra.runtime.approvals import Approval
 from cra.runtime.records import Session
 from cra.runtime.service import package_of
 from cra.server.auth import Permission
-from cra.server.deps import Body, Caller, OptionalBody, Service, expect_fields, own_session, strings
+from cra.server.deps import (
+    Body,
+    Caller,
+    OptionalBody,
+    Service,
+    authenticate,
+    context,
+    expect_fields,
+    own_session,
+    read_body,
+    strings,
+)
 from cra.trace.event import format_timestamp
 from cra.trace.jsonl import dumps_event
 
-__all__ = ["aliases", "router"]
+__all__ = ["aliases", "hot", "router"]
 
 
 def _session_json(s: Session) -> dict[str, Any]:
@@ -169,10 +180,29 @@ async def execute(
     return await service.execute(who.tenant_id, data, approval_ticket=x_cra_approval_ticket)
 
 
-async def evaluate(service: Service, who: Caller, data: Body) -> dict[str, Any]:
+_EVALUATE_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["action"],
+    "additionalProperties": False,
+    "properties": {
+        "action": {"type": "string", "minLength": 1},
+        "agent": {"type": "string", "description": "defaults to the key's agent"},
+        "risk_tier": {"enum": ["low", "medium", "high", "critical"]},
+        "params": {"type": "object"},
+        "context": {"type": "object"},
+        "atlas_id": {"type": "string"},
+        "explain": {"type": "boolean"},
+    },
+}
+
+
+async def evaluate(request: Request) -> JSONResponse:
+    """One decision for one proposed call. The integrations' hot path, so it takes the request
+    itself and skips FastAPI's dependency resolution; it checks exactly what the other routes do."""
+    who = await authenticate(request)
     who.require(Permission.EVALUATE)
     fields = expect_fields(
-        data,
+        await read_body(request),
         {
             "action": str,
             "agent": str,
@@ -190,7 +220,7 @@ async def evaluate(service: Service, who: Caller, data: Body) -> dict[str, Any]:
     who.acting_as(agent)
     if fields.get("risk_tier") not in (None, "low", "medium", "high", "critical"):
         raise ProtocolError("/risk_tier", "must be low, medium, high or critical")
-    atlas, decision = await service.evaluate(
+    atlas, decision = await context(request).service.evaluate(
         who.tenant_id,
         action=fields["action"],
         agent=agent,
@@ -204,11 +234,24 @@ async def evaluate(service: Service, who: Caller, data: Body) -> dict[str, Any]:
     out["atlas"] = {"atlas_id": atlas.atlas_id, "version": atlas.version, "digest": atlas.digest}
     if fields.get("explain"):
         out["explanation"] = decision.explain()
-    return out
+    return JSONResponse(out)
 
 
-router.post("/evaluate", tags=["Decisions"])(evaluate)
-aliases.post("/evaluate", tags=["Decisions"], include_in_schema=False)(evaluate)
+_EVALUATE_DOC: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": _EVALUATE_BODY}}},
+    "security": [{"apiKey": []}, {"bearerAuth": []}],
+}
+#: The hot path, included before every other route so that matching finds it first.
+hot = APIRouter()
+hot.add_api_route(
+    "/v1/evaluate",
+    evaluate,
+    methods=["POST"],
+    tags=["Decisions"],
+    response_class=JSONResponse,
+    openapi_extra=_EVALUATE_DOC,
+)
+hot.add_api_route("/evaluate", evaluate, methods=["POST"], include_in_schema=False, response_class=JSONResponse)
 
 # -- traces ---------------------------------------------------------------
 

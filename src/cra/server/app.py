@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -22,12 +22,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import cra
 from cra.runtime.service import GovernanceService
 from cra.server import api, evidence_api, ledger_api, stream_api
+from cra.server.auth import Authenticator
 from cra.server.deps import Buckets, Context, RateLimited
 from cra.server.problems import install_handlers, problem
 from cra.server.settings import ServerSettings
 from cra.store.state import SqlState
 
-__all__ = ["ServerSettings", "create_app"]
+if TYPE_CHECKING:
+    from cra.server.boot import Booted
+
+__all__ = ["ServerSettings", "create_app", "serving_app"]
 
 _SECURITY_HEADERS: Final = (
     (b"x-content-type-options", b"nosniff"),
@@ -88,7 +92,7 @@ def create_app(
     settings: ServerSettings | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
-    """The API over ``service``. ``state`` holds the API keys."""
+    """The API over a service that is already open. ``state`` holds the API keys."""
     conf = settings or ServerSettings()
 
     @asynccontextmanager
@@ -98,13 +102,40 @@ def create_app(
         if on_shutdown is not None:
             await on_shutdown()
 
+    app = _assemble(conf, lifespan)
+    _attach(app, service, state, conf)
+    return app
+
+
+def serving_app(open_service: Callable[[], Awaitable[Booted]], *, settings: ServerSettings | None = None) -> FastAPI:
+    """The API over a service it opens when it starts and closes when it stops (one per worker process)."""
+    conf = settings or ServerSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        booted = await open_service()
+        try:
+            _attach(app, booted.service, booted.state, conf)
+            await booted.service.start()
+            yield
+        finally:
+            await booted.close()
+
+    return _assemble(conf, lifespan)
+
+
+def _attach(app: FastAPI, service: GovernanceService, state: SqlState, conf: ServerSettings) -> None:
+    auth = Authenticator(state, ttl_seconds=conf.key_cache_seconds)
+    app.state.cra = Context(service, state, conf, Buckets(conf.key_requests_per_second), auth)
+
+
+def _assemble(conf: ServerSettings, lifespan: Callable[[FastAPI], Any]) -> FastAPI:
     app = FastAPI(
         title="CRA governance API",
         version=cra.__version__,
         description="CARP/1.0 resolve and execute, TRACE/1.0 traces, atlases, decisions and approvals.",
         lifespan=lifespan,
     )
-    app.state.cra = Context(service, state, conf, Buckets(conf.key_requests_per_second))
     app.state.started = time.monotonic()
     install_handlers(app)
     if conf.cors_origins:
@@ -123,6 +154,7 @@ def create_app(
         response.headers["Retry-After"] = str(seconds)
         return response
 
+    app.include_router(api.hot)
     for module in (api, evidence_api, ledger_api, stream_api):
         app.include_router(module.router)
         app.include_router(module.aliases)

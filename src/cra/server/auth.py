@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -27,10 +29,10 @@ __all__ = [
     "PERMISSIONS",
     "ROLES",
     "AuthError",
+    "Authenticator",
     "ForbiddenError",
     "Identity",
     "Permission",
-    "authenticate_key",
     "issue_key",
 ]
 
@@ -159,16 +161,55 @@ async def issue_key(
     return f"{_PREFIX}{key_id}_{secret}", record
 
 
-async def authenticate_key(state: SqlState, token: str) -> Identity:
-    """The identity of an API key; :class:`AuthError` for anything else."""
-    if not token.startswith(_PREFIX) or token.count("_") < 2 or len(token) > 200:
-        raise AuthError("the API key is malformed")
-    key_id, _, secret = token[len(_PREFIX) :].partition("_")
-    record = await state.key(key_id)
-    # Compare even when the key is unknown, so timing does not tell which key ids exist.
-    expected = record.secret_hash if record is not None else _hash("")
-    if not hmac.compare_digest(expected, _hash(secret)) or record is None:
-        raise AuthError("the API key is not valid")
-    if record.revoked_at is not None:
-        raise AuthError("the API key was revoked")
-    return Identity(record.key_id, record.tenant_id, record.role, record.agent_id, record.policy_roles)
+class Authenticator:
+    """API keys to identities, with a small in-process cache of key records.
+
+    A key's record is read from the store at most once per ``ttl_seconds``, so a
+    revocation made elsewhere (``cra apikey revoke``, another process) takes effect
+    within that time; one made through :meth:`forget` takes effect at once. Unknown
+    key ids are cached too, so random keys cannot turn every request into a query.
+    """
+
+    def __init__(
+        self,
+        state: SqlState,
+        *,
+        ttl_seconds: float = 5.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._state = state
+        self._clock = clock
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._cache: OrderedDict[str, tuple[float, ApiKeyRecord | None]] = OrderedDict()
+
+    def forget(self, key_id: str) -> None:
+        self._cache.pop(key_id, None)
+
+    async def _record(self, key_id: str) -> ApiKeyRecord | None:
+        now = self._clock()
+        cached = self._cache.get(key_id)
+        if cached is not None and cached[0] > now:
+            self._cache.move_to_end(key_id)
+            return cached[1]
+        record = await self._state.key(key_id)
+        self._cache[key_id] = (now + self._ttl, record)
+        self._cache.move_to_end(key_id)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+        return record
+
+    async def identity(self, token: str) -> Identity:
+        """The identity of an API key; :class:`AuthError` for anything else."""
+        if not token.startswith(_PREFIX) or token.count("_") < 2 or len(token) > 200:
+            raise AuthError("the API key is malformed")
+        key_id, _, secret = token[len(_PREFIX) :].partition("_")
+        record = await self._record(key_id)
+        # Compare even when the key is unknown, so timing does not tell which key ids exist.
+        expected = record.secret_hash if record is not None else _hash("")
+        if not hmac.compare_digest(expected, _hash(secret)) or record is None:
+            raise AuthError("the API key is not valid")
+        if record.revoked_at is not None:
+            raise AuthError("the API key was revoked")
+        return Identity(record.key_id, record.tenant_id, record.role, record.agent_id, record.policy_roles)

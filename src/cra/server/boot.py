@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import redis.asyncio
+
 import cra
+from cra.cache import RedisAtlasDigests, RedisCounters
 from cra.errors import ConflictError
 from cra.runtime.atlas_files import read_package
 from cra.runtime.execution import Executor
@@ -37,17 +40,33 @@ class Booted:
     service: GovernanceService
     state: SqlState
     ledger: AuditLedger
+    #: The shared tier, when a Redis URL was given: counters, the atlas-digest cache and its client.
+    counters: RedisCounters | None = None
+    digests: RedisAtlasDigests | None = None
+    redis_client: redis.asyncio.Redis | None = None
 
     async def close(self) -> None:
         await self.service.close()
         self.ledger.close()
+        if self.digests is not None:
+            await self.digests.close()
+        if self.redis_client is not None:
+            await self.redis_client.aclose()
+        if self.counters is not None:
+            self.counters.close()
 
 
 async def boot(
-    data_dir: Path, *, database_url: str | None = None, executors: Mapping[str, Executor] | None = None
+    data_dir: Path,
+    *,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    executors: Mapping[str, Executor] | None = None,
 ) -> Booted:
     """Open (creating if need be) the data directory's state, ledger and keys.
 
+    With ``redis_url``, rate-limit and budget counters live in Redis, shared by every process,
+    and the tenants' atlas digests are cached there and invalidated across processes.
     ``executors`` run allowed ``execute`` calls of their actions (when CRA is embedded).
     """
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -58,7 +77,23 @@ async def boot(
         await state.close()
         raise
     signer = HmacSigner(ticket_secret(data_dir / "keys"))
-    return Booted(GovernanceService(state, signer=signer, ledger=ledger, executors=executors), state, ledger)
+    if not redis_url:
+        return Booted(GovernanceService(state, signer=signer, ledger=ledger, executors=executors), state, ledger)
+    counters = RedisCounters.from_url(redis_url)
+    client = redis.asyncio.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    digests = RedisAtlasDigests(client)
+    try:
+        await digests.start()
+    except BaseException:
+        await client.aclose()
+        counters.close()
+        ledger.close()
+        await state.close()
+        raise
+    service = GovernanceService(
+        state, signer=signer, ledger=ledger, executors=executors, counters=counters, digests=digests
+    )
+    return Booted(service, state, ledger, counters, digests, client)
 
 
 async def ensure_admin_key(state: SqlState) -> str | None:

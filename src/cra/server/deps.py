@@ -12,7 +12,7 @@ from cra.errors import NotFoundError, ProtocolError
 from cra.protocol.canonical import parse_json
 from cra.runtime.records import Session
 from cra.runtime.service import GovernanceService
-from cra.server.auth import AuthError, Identity, Permission, authenticate_key
+from cra.server.auth import Authenticator, AuthError, Identity, Permission
 from cra.server.settings import ServerSettings
 from cra.store.state import SqlState
 
@@ -24,9 +24,11 @@ __all__ = [
     "OptionalBody",
     "RateLimited",
     "Service",
+    "authenticate",
     "context",
     "expect_fields",
     "own_session",
+    "read_body",
     "strings",
 ]
 
@@ -111,6 +113,7 @@ class Context:
     state: SqlState
     settings: ServerSettings
     buckets: Buckets
+    auth: Authenticator
 
 
 def context(request: Request) -> Context:
@@ -118,27 +121,35 @@ def context(request: Request) -> Context:
     return ctx
 
 
-async def _identity(
-    request: Request,
-    x_api_key: Annotated[str | None, Header()] = None,
-    authorization: Annotated[str | None, Header()] = None,
-) -> Identity:
-    token = x_api_key
-    if token is None and authorization is not None:
-        scheme, _, credentials = authorization.partition(" ")
+async def authenticate(request: Request) -> Identity:
+    """The caller of ``request`` (``X-API-Key``, or ``Authorization: Bearer``), within its rate limit."""
+    headers = request.headers
+    token = headers.get("x-api-key")
+    if token is None:
+        scheme, _, credentials = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             token = credentials.strip()
     if not token:
         raise AuthError("send an API key in X-API-Key (or as a Bearer token)")
     ctx = context(request)
-    who = await authenticate_key(ctx.state, token)
+    who = await ctx.auth.identity(token)
     wait = ctx.buckets.take(who.key_id)
     if wait is not None:
         raise RateLimited(wait)
     return who
 
 
-async def _body(request: Request) -> Any:
+async def _identity(
+    request: Request,
+    x_api_key: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Identity:
+    # The header parameters document the credentials in the OpenAPI; authenticate() reads them.
+    return await authenticate(request)
+
+
+async def read_body(request: Request) -> Any:
+    """The request body, parsed by CRA's strict JSON parser within the depth limit."""
     raw = await request.body()
     if not raw:
         raise ProtocolError("", "the request needs a JSON body")
@@ -150,15 +161,15 @@ async def _body(request: Request) -> Any:
 
 
 async def _optional_body(request: Request) -> Any:
-    return await _body(request) if await request.body() else None
+    return await read_body(request) if await request.body() else None
 
 
 Caller = Annotated[Identity, Depends(_identity)]
-Body = Annotated[Any, Depends(_body)]
+Body = Annotated[Any, Depends(read_body)]
 OptionalBody = Annotated[Any, Depends(_optional_body)]
 
 
-def _service(request: Request) -> GovernanceService:
+async def _service(request: Request) -> GovernanceService:
     return context(request).service
 
 

@@ -22,6 +22,7 @@ from cra.errors import (
     LedgerError,
     NotFoundError,
     RuntimeStateError,
+    UnavailableError,
     ValidationError,
     json_pointer,
 )
@@ -57,6 +58,8 @@ def _status(exc: CRAError) -> tuple[int, str]:
         return 409, "Not allowed in the current state"
     if isinstance(exc, LedgerError):
         return 503, "Audit ledger unavailable"
+    if isinstance(exc, UnavailableError):
+        return 503, "A service CRA depends on is unavailable"
     return 400, "Request refused"
 
 

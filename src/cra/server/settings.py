@@ -15,5 +15,8 @@ class ServerSettings:
     max_json_depth: int = 64
     #: Requests per second each API key may make (a burst of twice that is allowed); 0 turns it off.
     key_requests_per_second: float = 1000.0
+    #: How long a process trusts an API key record it read, in seconds: a revocation
+    #: made elsewhere takes effect within this time.
+    key_cache_seconds: float = 5.0
     #: Origins allowed by CORS; none by default.
     cors_origins: tuple[str, ...] = ()

@@ -42,6 +42,9 @@ def _engine(url: str) -> AsyncEngine:
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": 30}
+        # Enough connections for a busy worker's concurrent requests, so none is opened per request.
+        kwargs["pool_size"] = 16
+        kwargs["max_overflow"] = 32
     else:
         kwargs["pool_pre_ping"] = True
     engine = create_async_engine(url, **kwargs)

@@ -71,3 +71,15 @@ def test_no_window_ever_holds_more_than_the_limit(limit: int, window: int, gaps:
             assert now + breach.retry_after >= min(in_window) + window
     for t in accepted:
         assert sum(1 for u in accepted if t - window < u <= t) <= limit
+
+
+def test_release_gives_back_exactly_what_one_consume_took() -> None:
+    c = MemoryCounters()
+    spend = Charge("b", "budget", "k", 70, 100, 60)
+    other = Charge("r", "rate_limit", "r", 1, 1, 60)
+    assert c.consume([spend, other], 5.0) is None
+    assert c.consume([spend], 6.0) is not None  # 70 + 70 > 100
+    c.release([spend, other], 5.0)
+    assert c.consume([spend, other], 6.0) is None  # both fit again
+    c.release([spend], 99.0)  # nothing was taken at 99: nothing changes
+    assert c.check([spend], 7.0) is not None
