@@ -15,6 +15,7 @@ from cra.store.datadir import resolve_data_dir
 from ._output import fail, print_json
 
 if TYPE_CHECKING:
+    from cra.server.tokens import JwtSettings
     from cra.store.state import ApiKeyRecord, SqlState
 
 # The service's modules (FastAPI, SQLAlchemy, uvicorn) are imported by the commands that
@@ -66,6 +67,20 @@ def serve(
         list[str] | None, typer.Option("--cors-origin", help="An origin CORS allows (repeatable; none by default).")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+    jwt_issuer: Annotated[
+        str | None, typer.Option("--jwt-issuer", envvar="CRA_JWT_ISSUER", help="Accept bearer JWTs from this issuer.")
+    ] = None,
+    jwt_audience: Annotated[
+        str | None, typer.Option("--jwt-audience", envvar="CRA_JWT_AUDIENCE", help="The audience JWTs must name.")
+    ] = None,
+    jwt_key: Annotated[
+        list[Path] | None,
+        typer.Option("--jwt-key", help="A PEM public key (or a JWK as JSON) that signs JWTs (repeatable)."),
+    ] = None,
+    jwt_algorithm: Annotated[
+        list[str] | None,
+        typer.Option("--jwt-algorithm", help="An accepted JWT algorithm (default RS256, ES256, EdDSA)."),
+    ] = None,
 ) -> None:
     """Serve the CRA API on embedded defaults: state, ledger and keys in the data directory."""
     import os
@@ -77,8 +92,9 @@ def serve(
     from cra.server.workers import CONFIG_ENV, worker_config
 
     root = resolve_data_dir(data_dir)
+    jwt = _jwt_settings(jwt_issuer, jwt_audience, jwt_key, jwt_algorithm)
     settings = ServerSettings(
-        max_body_bytes=max_body, key_requests_per_second=key_rate, cors_origins=tuple(cors_origin or ())
+        max_body_bytes=max_body, key_requests_per_second=key_rate, cors_origins=tuple(cors_origin or ()), jwt=jwt
     )
 
     async def prepare() -> Booted:
@@ -129,6 +145,32 @@ def serve(
         log_level=log_level,
         access_log=False,
     )
+
+
+def _jwt_settings(
+    issuer: str | None, audience: str | None, keys: list[Path] | None, algorithms: list[str] | None
+) -> JwtSettings | None:
+    """Bearer-token settings from the options; all of issuer, audience and a key, or none."""
+    from cra.server.tokens import JwtSettings, JwtVerifier
+
+    if not (issuer or audience or keys):
+        return None
+    if not (issuer and audience and keys):
+        fail("bearer JWTs need --jwt-issuer, --jwt-audience and at least one --jwt-key")
+    texts = []
+    for path in keys:
+        try:
+            texts.append(path.read_text("utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"{path}: cannot read the JWT key: {exc}")
+    settings = JwtSettings(issuer=issuer, audience=audience, public_keys=tuple(texts))
+    if algorithms:
+        settings = JwtSettings(issuer, audience, tuple(texts), tuple(algorithms))
+    try:
+        JwtVerifier(settings)
+    except (ValueError, TypeError) as exc:
+        fail(f"the JWT settings are not usable: {exc}")
+    return settings
 
 
 async def _with_state(data_dir: Path | None, database_url: str | None) -> SqlState:

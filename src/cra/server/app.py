@@ -26,6 +26,7 @@ from cra.server.auth import Authenticator
 from cra.server.deps import Buckets, Context, RateLimited
 from cra.server.problems import install_handlers, problem
 from cra.server.settings import ServerSettings
+from cra.server.tokens import JwtVerifier
 from cra.store.state import SqlState
 
 if TYPE_CHECKING:
@@ -126,7 +127,8 @@ def serving_app(open_service: Callable[[], Awaitable[Booted]], *, settings: Serv
 
 def _attach(app: FastAPI, service: GovernanceService, state: SqlState, conf: ServerSettings) -> None:
     auth = Authenticator(state, ttl_seconds=conf.key_cache_seconds)
-    app.state.cra = Context(service, state, conf, Buckets(conf.key_requests_per_second), auth)
+    tokens = JwtVerifier(conf.jwt) if conf.jwt is not None else None
+    app.state.cra = Context(service, state, conf, Buckets(conf.key_requests_per_second), auth, tokens)
 
 
 def _assemble(conf: ServerSettings, lifespan: Callable[[FastAPI], Any]) -> FastAPI:

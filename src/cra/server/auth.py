@@ -105,8 +105,10 @@ class Identity:
 
     @property
     def principal(self) -> str:
-        """The name recorded as the actor: the agent id, or ``key:<id>``."""
-        return self.agent_id or f"key:{self.key_id}"
+        """The name recorded as the actor: the agent id, else ``key:<id>`` or ``jwt:<subject>``."""
+        if self.agent_id:
+            return self.agent_id
+        return self.key_id if self.key_id.startswith("jwt:") else f"key:{self.key_id}"
 
     def can(self, permission: Permission) -> bool:
         return permission in PERMISSIONS.get(self.role, frozenset())

@@ -14,6 +14,7 @@ from cra.runtime.records import Session
 from cra.runtime.service import GovernanceService
 from cra.server.auth import Authenticator, AuthError, Identity, Permission
 from cra.server.settings import ServerSettings
+from cra.server.tokens import JwtVerifier
 from cra.store.state import SqlState
 
 __all__ = [
@@ -114,6 +115,7 @@ class Context:
     settings: ServerSettings
     buckets: Buckets
     auth: Authenticator
+    tokens: JwtVerifier | None
 
 
 def context(request: Request) -> Context:
@@ -130,9 +132,12 @@ async def authenticate(request: Request) -> Identity:
         if scheme.lower() == "bearer":
             token = credentials.strip()
     if not token:
-        raise AuthError("send an API key in X-API-Key (or as a Bearer token)")
+        raise AuthError("send an API key in X-API-Key, or a bearer token")
     ctx = context(request)
-    who = await ctx.auth.identity(token)
+    if token.startswith("cra_") or ctx.tokens is None:
+        who = await ctx.auth.identity(token)
+    else:
+        who = ctx.tokens.identity(token)
     wait = ctx.buckets.take(who.key_id)
     if wait is not None:
         raise RateLimited(wait)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cra.server.tokens import JwtSettings
+
 __all__ = ["ServerSettings"]
 
 
@@ -18,5 +20,7 @@ class ServerSettings:
     #: How long a process trusts an API key record it read, in seconds: a revocation
     #: made elsewhere takes effect within this time.
     key_cache_seconds: float = 5.0
+    #: Bearer JWTs from an identity provider, accepted beside API keys when set.
+    jwt: JwtSettings | None = None
     #: Origins allowed by CORS; none by default.
     cors_origins: tuple[str, ...] = ()

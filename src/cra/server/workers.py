@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from cra.server.app import serving_app
 from cra.server.boot import Booted, boot
 from cra.server.settings import ServerSettings
+from cra.server.tokens import JwtSettings
 
 __all__ = ["CONFIG_ENV", "app", "worker_config"]
 
@@ -36,6 +37,11 @@ def app() -> FastAPI:
     config = json.loads(os.environ[CONFIG_ENV])
     values = dict(config["settings"])
     values["cors_origins"] = tuple(values.get("cors_origins") or ())
+    if values.get("jwt") is not None:
+        jwt = dict(values["jwt"])
+        values["jwt"] = JwtSettings(
+            **{**jwt, "public_keys": tuple(jwt["public_keys"]), "algorithms": tuple(jwt["algorithms"])}
+        )
     settings = ServerSettings(**values)
     data_dir, database_url, redis_url = Path(config["data_dir"]), config["database_url"], config["redis_url"]
 
