@@ -457,7 +457,7 @@ def _fuzz(api_schema: Any, world: World, role: str) -> None:
         try:
             _fuzz_operation(st.one_of(strategies), world.keys[role], seen.setdefault(operation.label, Counter()))
         except Exception as exc:  # noqa: BLE001 - every operation runs; all failures are reported below
-            logged = "\n".join(world.bridge.crashes[crashes:])
+            logged = "\n".join(dict.fromkeys(world.bridge.crashes[crashes:]))
             failures.append(f"== {operation.label} ==\n{exc}\n{logged}")
     assert len(seen) >= 25, f"only {len(seen)} operations in the schema"
     assert STREAM not in {label.split(" ", 1)[1] for label in seen}

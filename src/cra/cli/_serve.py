@@ -66,7 +66,13 @@ def serve(
     cors_origin: Annotated[
         list[str] | None, typer.Option("--cors-origin", help="An origin CORS allows (repeatable; none by default).")
     ] = None,
-    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug, info, warning or error.", case_sensitive=False)
+    ] = "info",
+    log_format: Annotated[str, typer.Option("--log-format", help="text, or json (one object per line).")] = "text",
+    request_timeout: Annotated[
+        float, typer.Option("--request-timeout", min=0.1, help="Seconds a request may take (streams excepted).")
+    ] = 30.0,
     jwt_issuer: Annotated[
         str | None, typer.Option("--jwt-issuer", envvar="CRA_JWT_ISSUER", help="Accept bearer JWTs from this issuer.")
     ] = None,
@@ -83,18 +89,30 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the CRA API on embedded defaults: state, ledger and keys in the data directory."""
+    import logging.config
     import os
 
     import uvicorn
 
     from cra.server.app import ServerSettings, create_app
     from cra.server.boot import DEMO_ATLASES, Booted, boot, ensure_admin_key, load_atlas_dirs
+    from cra.server.logs import log_config
     from cra.server.workers import CONFIG_ENV, worker_config
 
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        fail(f"--log-level must be debug, info, warning or error, not {log_level!r}")
+    if log_format not in ("text", "json"):
+        fail(f"--log-format must be text or json, not {log_format!r}")
+    logging_config = log_config(log_level.lower(), log_format)
+    logging.config.dictConfig(logging_config)
     root = resolve_data_dir(data_dir)
     jwt = _jwt_settings(jwt_issuer, jwt_audience, jwt_key, jwt_algorithm)
     settings = ServerSettings(
-        max_body_bytes=max_body, key_requests_per_second=key_rate, cors_origins=tuple(cors_origin or ()), jwt=jwt
+        max_body_bytes=max_body,
+        key_requests_per_second=key_rate,
+        cors_origins=tuple(cors_origin or ()),
+        jwt=jwt,
+        request_timeout_seconds=request_timeout,
     )
 
     async def prepare() -> Booted:
@@ -117,7 +135,9 @@ def serve(
         booted = await prepare()
         try:
             app = create_app(booted.service, booted.state, settings=settings)
-            config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
+            config = uvicorn.Config(
+                app, host=host, port=port, log_config=logging_config, log_level=log_level.lower(), access_log=False
+            )
             typer.echo(f"CRA serving http://{host}:{port} (data dir {root})", err=True)
             await uvicorn.Server(config).serve()
         finally:
@@ -142,7 +162,8 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        log_level=log_level,
+        log_config=logging_config,
+        log_level=log_level.lower(),
         access_log=False,
     )
 

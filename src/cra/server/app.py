@@ -9,6 +9,7 @@ middleware and the error handlers.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -44,11 +45,12 @@ _SECURITY_HEADERS: Final = (
 
 
 class _Guard:
-    """Request size limit and security headers, as raw ASGI middleware (no body buffering)."""
+    """Request size limit, request timeout and security headers, as raw ASGI middleware (no body buffering)."""
 
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, timeout: float) -> None:
         self._app = app
         self._max = max_body
+        self._timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,6 +62,7 @@ class _Guard:
             await response(scope, receive, send)
             return
         seen = 0
+        started = False
 
         async def limited() -> Message:
             nonlocal seen
@@ -71,15 +74,27 @@ class _Guard:
             return message
 
         async def secured(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []), *_SECURITY_HEADERS]
             await send(message)
 
+        streaming = str(scope.get("path", "")).endswith("/stream")
         try:
-            await self._app(scope, limited, secured)
+            if streaming:
+                await self._app(scope, limited, secured)
+            else:
+                async with asyncio.timeout(self._timeout):
+                    await self._app(scope, limited, secured)
         except _TooLarge:
             response = problem(413, "too_large", "Request too large", f"the body limit is {self._max} bytes")
             await response(scope, receive, send)
+        except TimeoutError:
+            if started:
+                raise
+            detail = f"the request took longer than {self._timeout:g} s"
+            await problem(503, "timeout", "Request timed out", detail)(scope, receive, send)
 
 
 class _TooLarge(Exception):
@@ -147,7 +162,7 @@ def _assemble(conf: ServerSettings, lifespan: Callable[[FastAPI], Any]) -> FastA
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-CRA-Approval-Ticket"],
         )
-    app.add_middleware(_Guard, max_body=conf.max_body_bytes)
+    app.add_middleware(_Guard, max_body=conf.max_body_bytes, timeout=conf.request_timeout_seconds)
 
     @app.exception_handler(RateLimited)
     async def _limited(request: Request, exc: RateLimited) -> JSONResponse:

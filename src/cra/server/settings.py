@@ -22,5 +22,7 @@ class ServerSettings:
     key_cache_seconds: float = 5.0
     #: Bearer JWTs from an identity provider, accepted beside API keys when set.
     jwt: JwtSettings | None = None
+    #: Seconds a request may take before it is answered 503 (event streams have their own bound).
+    request_timeout_seconds: float = 30.0
     #: Origins allowed by CORS; none by default.
     cors_origins: tuple[str, ...] = ()
