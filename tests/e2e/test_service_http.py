@@ -600,7 +600,7 @@ def test_bad_bodies_are_precise_4xx_problems(tmp_path: Path) -> None:
             ({"agent_id": "a", "goal": ["g"]}, "/goal"),
             ({"agent_id": "a", "goal": "g", "metadata": []}, "/metadata"),
             ({"agent_id": "a", "goal": "g", "atlas_ids": "com.x.y"}, "/atlas_ids"),
-            ({"agent_id": "a", "goal": "g", "atlas_ids": [1]}, "/atlas_ids"),
+            ({"agent_id": "a", "goal": "g", "atlas_ids": [1]}, "/atlas_ids/0"),
             ({"agent_id": "a", "goal": "g", "surprise": 1}, "/surprise"),
         ):
             problem_of(await c.post("/v1/sessions", json=fields, headers=admin), 400, path=path)
@@ -748,8 +748,10 @@ def test_atlas_upload_errors_conflicts_replace_and_unload(tmp_path: Path) -> Non
         r = await c.post("/v1/atlases", json={"manifest": manifest, "files": no_context}, headers=admin)
         body = problem_of(r, 400)
         assert body["path"].startswith("/context_packs/")
-        r = await c.post("/v1/atlases", json={"manifest": manifest, "files": [], "extra": 1}, headers=admin)
+        r = await c.post("/v1/atlases", json={"manifest": manifest, "files": files, "extra": 1}, headers=admin)
         problem_of(r, 400, path="/extra")
+        r = await c.post("/v1/atlases", json={"manifest": manifest, "files": []}, headers=admin)
+        problem_of(r, 400, path="/files")
         r = await c.post("/v1/atlases", json={"manifest": "atlas.json"}, headers=admin)
         problem_of(r, 400, path="/manifest")
         problem_of(await c.post("/v1/atlases", json=[manifest], headers=admin), 400, path="")

@@ -55,9 +55,32 @@ def _validator(kind: SchemaKind) -> Callable[[Any], Any]:
     return fastjsonschema.compile(copy.deepcopy(load_schema(kind)), use_default=False)
 
 
-def _pointer(exc: fastjsonschema.JsonSchemaValueException) -> tuple[str, str]:
+def _segments(document: object, parts: list[str]) -> list[str]:
+    """The real path segments: fastjsonschema joins names with dots, so a key that holds a
+    dot (``context/tone.md``) arrives split; walk the document to join such pieces again."""
+    out: list[str] = []
+    node, i = document, 0
+    while i < len(parts):
+        if isinstance(node, dict):
+            for j in range(i + 1, len(parts) + 1):
+                key = ".".join(parts[i:j])
+                if key in node:
+                    out.append(key)
+                    node, i = node[key], j
+                    break
+            else:
+                return out + parts[i:]
+        elif isinstance(node, list) and parts[i].isdigit() and int(parts[i]) < len(node):
+            out.append(parts[i])
+            node, i = node[int(parts[i])], i + 1
+        else:
+            return out + parts[i:]
+    return out
+
+
+def _pointer(exc: fastjsonschema.JsonSchemaValueException, document: object) -> tuple[str, str]:
     """Turn a fastjsonschema failure into (JSON Pointer, reason)."""
-    parts: list[str] = list(exc.path or [])[1:]  # drop the leading 'data'
+    parts = _segments(document, list(exc.path or [])[1:])  # drop the leading 'data'
     reason = exc.message
     prefix = exc.name or "data"
     if reason.startswith(prefix):
@@ -86,7 +109,7 @@ def validate(kind: SchemaKind, document: object, *, source: str | None = None) -
     try:
         _validator(kind)(document)
     except fastjsonschema.JsonSchemaValueException as exc:
-        path, reason = _pointer(exc)
+        path, reason = _pointer(exc, document)
         raise error(path, reason, source=source) from None
     except RecursionError:
         raise error("", "document is nested too deeply", source=source) from None
@@ -138,7 +161,7 @@ def compile_validator(
         try:
             check(document)
         except fastjsonschema.JsonSchemaValueException as exc:
-            path, reason = _pointer(exc)
+            path, reason = _pointer(exc, document)
             raise error(path, reason, source=source) from None
         except RecursionError:
             raise error("", "document is nested too deeply", source=source) from None

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.responses import JSONResponse, PlainTextResponse
 
 import cra
-from cra.errors import ProtocolError, json_pointer
+from cra.errors import ProtocolError
 from cra.runtime.approvals import Approval
 from cra.runtime.records import Session
 from cra.runtime.service import package_of
+from cra.server import bodies
 from cra.server.auth import Permission
 from cra.server.deps import (
     Body,
@@ -21,10 +22,8 @@ from cra.server.deps import (
     Service,
     authenticate,
     context,
-    expect_fields,
     own_session,
     read_body,
-    strings,
 )
 from cra.trace.event import format_timestamp
 from cra.trace.jsonl import dumps_event
@@ -88,18 +87,12 @@ async def health(request: Request) -> dict[str, Any]:
 # -- sessions -------------------------------------------------------------
 
 
-@router.post("/sessions", status_code=201, tags=["Sessions"])
+@router.post("/sessions", status_code=201, tags=["Sessions"], openapi_extra=bodies.CREATE_SESSION.openapi)
 async def create_session(service: Service, who: Caller, data: Body) -> dict[str, Any]:
     who.require(Permission.RUN_SESSIONS)
-    fields = expect_fields(
-        data,
-        {"agent_id": str, "goal": str, "atlas_id": str, "atlas_ids": list, "metadata": dict},
-        ("agent_id", "goal"),
-    )
+    fields = bodies.CREATE_SESSION.check(data)
     who.acting_as(fields["agent_id"])
-    atlas_ids: list[str] | None = None
-    if fields.get("atlas_ids") is not None:
-        atlas_ids = strings(fields["atlas_ids"], "/atlas_ids")
+    atlas_ids: list[str] | None = fields.get("atlas_ids")
     if fields.get("atlas_id") is not None:
         atlas_ids = [*(atlas_ids or []), fields["atlas_id"]]
     session = await service.create_session(
@@ -159,7 +152,7 @@ def _requester(data: Any) -> None:
         raise ProtocolError("/requester/agent_id", "is required")
 
 
-@router.post("/resolve", tags=["CARP"])
+@router.post("/resolve", tags=["CARP"], openapi_extra=bodies.documented(bodies.carp_request()))
 async def resolve(service: Service, who: Caller, data: Body) -> dict[str, Any]:
     who.require(Permission.RUN_SESSIONS)
     _requester(data)
@@ -167,7 +160,7 @@ async def resolve(service: Service, who: Caller, data: Body) -> dict[str, Any]:
     return await service.resolve(who.tenant_id, data)
 
 
-@router.post("/execute", tags=["CARP"])
+@router.post("/execute", tags=["CARP"], openapi_extra=bodies.documented(bodies.carp_request()))
 async def execute(
     service: Service,
     who: Caller,
@@ -180,46 +173,16 @@ async def execute(
     return await service.execute(who.tenant_id, data, approval_ticket=x_cra_approval_ticket)
 
 
-_EVALUATE_BODY: dict[str, Any] = {
-    "type": "object",
-    "required": ["action"],
-    "additionalProperties": False,
-    "properties": {
-        "action": {"type": "string", "minLength": 1},
-        "agent": {"type": "string", "description": "defaults to the key's agent"},
-        "risk_tier": {"enum": ["low", "medium", "high", "critical"]},
-        "params": {"type": "object"},
-        "context": {"type": "object"},
-        "atlas_id": {"type": "string"},
-        "explain": {"type": "boolean"},
-    },
-}
-
-
 async def evaluate(request: Request) -> JSONResponse:
     """One decision for one proposed call. The integrations' hot path, so it takes the request
     itself and skips FastAPI's dependency resolution; it checks exactly what the other routes do."""
     who = await authenticate(request)
     who.require(Permission.EVALUATE)
-    fields = expect_fields(
-        await read_body(request),
-        {
-            "action": str,
-            "agent": str,
-            "risk_tier": str,
-            "params": dict,
-            "context": dict,
-            "atlas_id": str,
-            "explain": bool,
-        },
-        ("action",),
-    )
+    fields = bodies.EVALUATE.check(await read_body(request))
     agent = fields.get("agent") or who.agent_id
     if agent is None:
         raise ProtocolError("/agent", "is required for a key that is not bound to an agent")
     who.acting_as(agent)
-    if fields.get("risk_tier") not in (None, "low", "medium", "high", "critical"):
-        raise ProtocolError("/risk_tier", "must be low, medium, high or critical")
     atlas, decision = await context(request).service.evaluate(
         who.tenant_id,
         action=fields["action"],
@@ -237,10 +200,7 @@ async def evaluate(request: Request) -> JSONResponse:
     return JSONResponse(out)
 
 
-_EVALUATE_DOC: dict[str, Any] = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": _EVALUATE_BODY}}},
-    "security": [{"apiKey": []}, {"bearerAuth": []}],
-}
+_EVALUATE_DOC: dict[str, Any] = {**bodies.EVALUATE.openapi, "security": [{"apiKey": []}, {"bearerAuth": []}]}
 #: The hot path, included before every other route so that matching finds it first.
 hot = APIRouter()
 hot.add_api_route(
@@ -315,18 +275,17 @@ async def list_atlases(service: Service, who: Caller) -> dict[str, Any]:
     return {"items": [_summary(a) for a in atlases], "total": len(atlases)}
 
 
-@router.post("/atlases", status_code=201, tags=["Atlases"])
+_ATLAS_DOC = bodies.documented({"oneOf": [{"type": "object", "required": ["atlas_id"]}, bodies.ATLAS_UPLOAD.schema]})
+
+
+@router.post("/atlases", status_code=201, tags=["Atlases"], openapi_extra=_ATLAS_DOC)
 async def load_atlas(
     service: Service, who: Caller, data: Body, replace: Annotated[bool, Query()] = False
 ) -> dict[str, Any]:
     who.require(Permission.WRITE_ATLASES)
     if isinstance(data, dict) and "manifest" in data and "atlas_id" not in data:
-        wrapper = expect_fields(data, {"manifest": dict, "files": dict}, ("manifest",))
-        files = wrapper.get("files") or {}
-        for path, text in files.items():
-            if not isinstance(text, str):
-                raise ProtocolError(json_pointer(["files", path]), "must be the file's text")
-        package = package_of(wrapper["manifest"], files)
+        wrapper = bodies.ATLAS_UPLOAD.check(data)
+        package = package_of(wrapper["manifest"], wrapper.get("files"))
     else:
         if not isinstance(data, dict):
             raise ProtocolError("", "the body must be an atlas manifest (a JSON object)")
@@ -381,15 +340,18 @@ async def get_approval(service: Service, who: Caller, approval_id: str) -> dict[
     return _approval_json(await service.approval(who.tenant_id, approval_id))
 
 
+#: The body is optional: an empty one decides without a comment.
+_DECISION_DOC = {"requestBody": {**bodies.APPROVAL_DECISION.openapi["requestBody"], "required": False}}
+
+
 def _comment(data: Any) -> str | None:
     if data is None:
         return None
-    fields = expect_fields(data, {"comment": str})
-    comment: str | None = fields.get("comment")
+    comment: str | None = bodies.APPROVAL_DECISION.check(data).get("comment")
     return comment
 
 
-@router.post("/approvals/{approval_id}/approve", tags=["Approvals"])
+@router.post("/approvals/{approval_id}/approve", tags=["Approvals"], openapi_extra=_DECISION_DOC)
 async def approve(service: Service, who: Caller, approval_id: str, data: OptionalBody) -> dict[str, Any]:
     who.require(Permission.DECIDE_APPROVALS)
     ticket = await service.approve(
@@ -407,7 +369,7 @@ async def approve(service: Service, who: Caller, approval_id: str, data: Optiona
     }
 
 
-@router.post("/approvals/{approval_id}/deny", tags=["Approvals"])
+@router.post("/approvals/{approval_id}/deny", tags=["Approvals"], openapi_extra=_DECISION_DOC)
 async def deny(service: Service, who: Caller, approval_id: str, data: OptionalBody) -> dict[str, Any]:
     who.require(Permission.DECIDE_APPROVALS)
     approval = await service.deny(

@@ -27,10 +27,8 @@ __all__ = [
     "Service",
     "authenticate",
     "context",
-    "expect_fields",
     "own_session",
     "read_body",
-    "strings",
 ]
 
 
@@ -67,43 +65,6 @@ def _depth(value: Any, limit: int) -> bool:
                 return False
             stack.extend((v, depth) for v in (item.values() if isinstance(item, dict) else item))
     return True
-
-
-def expect_fields(
-    body: Any, allowed: dict[str, type | tuple[type, ...]], required: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Check a body object's keys and value types: unknown keys are refused, with their path."""
-    if not isinstance(body, dict):
-        raise ProtocolError("", "the body must be a JSON object")
-    for key in body:
-        if key not in allowed:
-            raise ProtocolError(f"/{key}", "is not a known field")
-    for key in required:
-        if key not in body:
-            raise ProtocolError(f"/{key}", "is required")
-    for key, value in body.items():
-        kinds = _tuple(allowed[key])
-        wrong_bool = isinstance(value, bool) and bool not in kinds
-        if value is not None and (wrong_bool or not isinstance(value, kinds)):
-            raise ProtocolError(f"/{key}", f"must be {_kind_name(kinds)}")
-    return body
-
-
-def _tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kinds if isinstance(kinds, tuple) else (kinds,)
-
-
-def _kind_name(kinds: type | tuple[type, ...]) -> str:
-    names = {str: "a string", dict: "an object", list: "a list", bool: "true or false", int: "an integer"}
-    return " or ".join(names.get(k, k.__name__) for k in _tuple(kinds))
-
-
-def strings(value: Any, path: str) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ProtocolError(path, "must be a list of non-empty strings")
-    return value
 
 
 @dataclass(frozen=True, slots=True)

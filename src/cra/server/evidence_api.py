@@ -10,8 +10,9 @@ from starlette.responses import JSONResponse
 from cra.errors import ProtocolError
 from cra.protocol.carp import parse_timestamp
 from cra.runtime.records import DecisionQuery, DecisionRecord
+from cra.server import bodies
 from cra.server.auth import Identity, Permission
-from cra.server.deps import Body, Caller, Service, expect_fields, own_session
+from cra.server.deps import Body, Caller, Service, own_session
 from cra.store.reports import REPORTS, build_reports, render
 from cra.trace.event import format_timestamp
 
@@ -87,11 +88,7 @@ async def list_evidence(
 
 async def attach_evidence(service: Service, who: Caller, data: Body) -> JSONResponse:
     who.require(Permission.ATTACH_EVIDENCE)
-    body = expect_fields(
-        data,
-        {"session_id": str, "sha256": str, "media_type": str, "description": str, "size_bytes": int},
-        ("session_id", "sha256", "media_type", "description"),
-    )
+    body = bodies.EVIDENCE.check(data)
     await own_session(service, who, body["session_id"])
     event = await service.attach_evidence(
         who.tenant_id,
@@ -139,5 +136,11 @@ async def reports(
 
 for _router in (router, aliases):
     _router.get("/evidence", tags=["Evidence"], include_in_schema=_router is router)(list_evidence)
-    _router.post("/evidence", status_code=201, tags=["Evidence"], include_in_schema=_router is router)(attach_evidence)
+    _router.post(
+        "/evidence",
+        status_code=201,
+        tags=["Evidence"],
+        include_in_schema=_router is router,
+        openapi_extra=bodies.EVIDENCE.openapi,
+    )(attach_evidence)
     _router.get("/reports", tags=["Reports"], include_in_schema=_router is router)(reports)

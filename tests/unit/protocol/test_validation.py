@@ -403,3 +403,10 @@ MANIFESTS = with_extra(
 def test_every_manifest_valid_against_the_shared_schema_is_valid_against_ours(manifest: dict[str, Any]) -> None:
     if SHARED_VALID(manifest):
         assert OURS_VALID(manifest)
+
+
+def test_a_key_with_dots_is_named_whole_in_the_error_path() -> None:
+    check = compile_validator({"type": "object", "additionalProperties": {"type": "object", "required": ["x"]}})
+    with pytest.raises(ProtocolError) as raised:
+        check({"ok": {"x": 1}, "context/tone.guide.md": {"y": 1}})
+    assert raised.value.path == "/context~1tone.guide.md/x"
