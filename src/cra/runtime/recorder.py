@@ -50,6 +50,19 @@ class SpanRecorder:
         self._parent = parent
         self.stamp = stamp
 
+    def moved(self, events: EventStore, journal: list[TraceEvent] | None) -> SpanRecorder:
+        """The same span, recording into other stores (a later operation's)."""
+        return SpanRecorder(
+            events=events,
+            ids=self._ids,
+            sinks=self._sinks,
+            journal=journal,
+            session=self._session,
+            span_id=self.span_id,
+            parent=self._parent,
+            stamp=self.stamp,
+        )
+
     def emit(self, event_type: str, payload: Mapping[str, Any], payload_json: str | None = None) -> TraceEvent:
         """Append an event to the chain and hand it to the sinks.
 

@@ -72,7 +72,7 @@ from cra.trace.chain import verify_chain
 from cra.trace.event import TraceEvent, format_timestamp
 from cra.trace.jsonl import copy_event
 
-__all__ = ["DEFAULT_TENANT", "Executor", "Resolver"]
+__all__ = ["DEFAULT_TENANT", "Executor", "PendingCall", "Resolver"]
 
 #: The tenant of sessions created without one; recorded in the trace only when different.
 DEFAULT_TENANT: Final = "default"
@@ -517,6 +517,27 @@ class Resolver:
         replayed request id, clock skew) raise instead, recorded as
         ``error.occurred`` when the session exists.
         """
+        started = self.begin_execute(request, approval_ticket=approval_ticket)
+        if not isinstance(started, PendingCall):
+            return started
+        try:
+            outcome = started.run()  # without the lock
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: record the abandoned call, then let it go
+            self.finish_execute(started, Outcome(0, error_code="executor_aborted", error_message=type(exc).__name__))
+            raise
+        return self.finish_execute(started, outcome)
+
+    def begin_execute(
+        self, request: Mapping[str, Any] | CarpRequest, *, approval_ticket: str | None = None
+    ) -> dict[str, Any] | PendingCall:
+        """Everything :meth:`execute` does before the executor runs.
+
+        Returns the response when the call stops there (denied, waiting for approval,
+        a repeat of an idempotent call, no executor), else the authorised
+        :class:`PendingCall`: run it, then give its outcome to :meth:`finish_execute`.
+        A host that keeps state elsewhere commits what this recorded before it runs
+        the executor, so that a retried commit never runs a tool twice.
+        """
         req = _parse(request, "execute")
         ex = req.execution
         assert ex is not None
@@ -556,15 +577,15 @@ class Resolver:
             assert executor is not None
             assert loaded is not None
             self._inflight[session.session_id] = self._inflight.get(session.session_id, 0) + 1
+            return PendingCall(call, executor, loaded, self._clock)
 
-        try:
-            outcome = invoke(executor, call.arguments_json, loaded, ex.action_id, self._clock)  # without the lock
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt: record the abandoned call, then let it go
-            with self._sealing():
-                self._settle(call, Outcome(0, error_code="executor_aborted", error_message=type(exc).__name__))
-            raise
+    def finish_execute(self, pending: PendingCall, outcome: Outcome) -> dict[str, Any]:
+        """Record the outcome of a call :meth:`begin_execute` authorised, and answer with it."""
         with self._sealing():
-            return self._settle(call, outcome)
+            pending.call.span = pending.call.span.moved(
+                self._events, self._unsealed if self.ledger is not None else None
+            )
+            return self._settle(pending.call, outcome)
 
     def _authorise(
         self, call: _Call, ticket: str | None
@@ -624,9 +645,11 @@ class Resolver:
         """Record an executor's outcome (with the lock held) and answer with it."""
         ex = call.execution
         sid = call.session.session_id
-        self._inflight[sid] -= 1
-        if not self._inflight[sid]:
-            del self._inflight[sid]
+        running = self._inflight.get(sid, 1) - 1
+        if running > 0:
+            self._inflight[sid] = running
+        else:
+            self._inflight.pop(sid, None)
         call.span.stamp = format_timestamp(self._clock.now())
         if outcome.error_code is not None:
             call.span.emit(
@@ -1076,6 +1099,26 @@ class _Call:
             "parameters_hash": self.args_hash,
             "parameters": json.loads(self.arguments_json),
         }
+
+
+class PendingCall:
+    """An authorised execute call whose executor is yet to run (see :meth:`Resolver.begin_execute`)."""
+
+    __slots__ = ("call", "clock", "executor", "loaded")
+
+    def __init__(self, call: _Call, executor: Executor, loaded: LoadedAtlas, clock: Clock) -> None:
+        self.call = call
+        self.executor = executor
+        self.loaded = loaded
+        self.clock = clock
+
+    @property
+    def action_id(self) -> str:
+        return self.call.execution.action_id
+
+    def run(self) -> Outcome:
+        """Run the executor on the call's own copy of the arguments (it may block; no lock is held)."""
+        return invoke(self.executor, self.call.arguments_json, self.loaded, self.action_id, self.clock)
 
 
 def _names(values: Iterable[str], path: str) -> list[str]:

@@ -48,13 +48,13 @@ from cra.protocol.carp import CarpRequest, parse_carp_request
 from cra.runtime.approvals import Approval, ApprovalTicket
 from cra.runtime.clock import SystemClock
 from cra.runtime.engine import Engine
-from cra.runtime.execution import Executor
+from cra.runtime.execution import Executor, Outcome
 from cra.runtime.ids import SystemIds
 from cra.runtime.ledger import AttestationClaim, AuditLedger
 from cra.runtime.memory import MemoryCounters
 from cra.runtime.ports import AtlasDigests, Clock, CounterStore, IdSource, Signer, StateStore
 from cra.runtime.records import AtlasRecord, DecisionQuery, DecisionRecord, Session, SnapshotKeys
-from cra.runtime.resolver import Resolver
+from cra.runtime.resolver import PendingCall, Resolver
 from cra.runtime.workspace import Changes, Workspace
 from cra.trace.chain import ChainReport, check_chain
 from cra.trace.event import TraceEvent, format_timestamp
@@ -182,6 +182,7 @@ class GovernanceService:
         self._monotonic = monotonic
         self._digest_cache: dict[str, tuple[float, dict[str, str]]] = {}
         self._turns: dict[str, _Turn] = {}
+        self._running: set[asyncio.Future[dict[str, Any]]] = set()
         self._seal_lock = asyncio.Lock()
 
     # -- lifecycle ------------------------------------------------------------
@@ -442,6 +443,12 @@ class GovernanceService:
     async def execute(
         self, tenant_id: str, request: Mapping[str, Any], *, approval_ticket: str | None = None
     ) -> dict[str, Any]:
+        """Authorise a call (committed), run its executor once in a thread, then record the outcome.
+
+        Only the two recording steps are retried when they lose a race; the executor runs
+        exactly once. Once it has started, the call runs to its recorded end even if the
+        client goes away or the request times out.
+        """
         req = _carp(request)
         if req.execution is None:
             raise ProtocolError("/execution", "an execute request needs an execution")
@@ -453,7 +460,30 @@ class GovernanceService:
             request_id=req.request_id,
             idempotency_key=req.execution.idempotency_key,
         )
-        return await self._operate(keys, lambda r: r.execute(req, approval_ticket=approval_ticket))
+        started = await self._operate(keys, lambda r: r.begin_execute(req, approval_ticket=approval_ticket))
+        if not isinstance(started, PendingCall):
+            return started
+        finish = SnapshotKeys(tenant_id, req.session_id, idempotency_key=req.execution.idempotency_key)
+
+        async def run_and_record() -> dict[str, Any]:
+            try:
+                outcome = await asyncio.to_thread(started.run)
+            except BaseException as exc:
+                aborted = Outcome(0, error_code="executor_aborted", error_message=type(exc).__name__)
+                await self._operate(finish, lambda r: r.finish_execute(started, aborted))
+                raise
+            return await self._operate(finish, lambda r: r.finish_execute(started, outcome))
+
+        task = asyncio.ensure_future(run_and_record())
+        self._running.add(task)
+        task.add_done_callback(self._ran)
+        return await asyncio.shield(task)
+
+    def _ran(self, task: asyncio.Future[dict[str, Any]]) -> None:
+        """A call that ran on after its request was gone: keep no reference, and log its failure."""
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("recording a call's outcome failed: %s", type(task.exception()).__name__)
 
     async def approval(self, tenant_id: str, approval_id: str) -> Approval:
         approval = await self.state.approval(tenant_id, approval_id)
