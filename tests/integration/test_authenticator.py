@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,22 +47,34 @@ def test_a_revocation_elsewhere_takes_effect_within_the_ttl(tmp_path: Path) -> N
     asyncio.run(body())
 
 
-def test_forget_makes_a_revocation_immediate_and_unknown_ids_are_cached(tmp_path: Path) -> None:
+def test_invented_keys_neither_reach_the_store_each_time_nor_evict_real_keys(tmp_path: Path) -> None:
     async def body() -> None:
         state = await open_state(sqlite_url(tmp_path / "state.sqlite3"))
         try:
             clock = Clock()
-            auth = Authenticator(state, ttl_seconds=60.0, clock=clock, max_entries=2)
+            auth = Authenticator(state, ttl_seconds=60.0, clock=clock, max_entries=2, max_unknown=2)
             token, record = await issue_key(state, tenant_id="acme", role="admin", now=datetime.now(UTC))
             await auth.identity(token)
-            assert await state.revoke_key(record.key_id, "2026-12-01T00:00:00.000000Z")
-            auth.forget(record.key_id)
-            with pytest.raises(AuthError, match="revoked"):
-                await auth.identity(token)
-            for n in range(5):  # unknown ids: refused, and the cache stays within its bound
+            reads: list[str] = []
+            real_key = state.key
+
+            async def counted(key_id: str) -> Any:
+                reads.append(key_id)
+                return await real_key(key_id)
+
+            state.key = counted  # type: ignore[method-assign]
+            with pytest.raises(AuthError, match="malformed"):
+                await auth.identity("cra_not-hex-at-all_" + "s" * 43)
+            for n in range(50):  # unknown ids: refused; each read once at most, into its own small cache
+                with pytest.raises(AuthError, match="not valid"):
+                    await auth.identity(f"cra_{n % 2:016x}_{'s' * 43}")
+            assert reads == [f"{0:016x}", f"{1:016x}"]
+            for n in range(2, 10):
                 with pytest.raises(AuthError, match="not valid"):
                     await auth.identity(f"cra_{n:016x}_{'s' * 43}")
-            assert len(auth._cache) == 2
+            reads.clear()
+            assert (await auth.identity(token)).key_id == record.key_id  # still cached: no read
+            assert reads == []
         finally:
             await state.close()
 

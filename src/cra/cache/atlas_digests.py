@@ -148,7 +148,7 @@ class RedisAtlasDigests:
         *,
         prefix: str = "cra:atlases:",
         ttl_seconds: float = 30.0,
-        shared_ttl_seconds: float = 3600.0,
+        shared_ttl_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         reconnect_seconds: float = 1.0,
     ) -> None:

@@ -620,6 +620,8 @@ class Resolver:
             if breach is None and approval is not None:
                 used = [a for a in (approval.approval_id, *approval.carries) if not self._approvals.redeem(a)]
                 if used:
+                    if decision.charges:  # a refused call consumes nothing
+                        self._counters.release(decision.charges, moment)
                     return self._refuse(call, "invalid_approval", f"approval {used[0]} was already used"), None, None
             if breach is not None:
                 decision = limit_exceeded(decision, breach)

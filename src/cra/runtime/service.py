@@ -262,6 +262,7 @@ class GovernanceService:
         :class:`ConflictError` when an atlas with its id is loaded and ``replace`` is false.
         """
         atlas = parse_package(package, source=source)
+        _fits_the_store(atlas)
         tenant = await self._tenant(tenant_id)
         if not replace and atlas.atlas_id in tenant.digests:
             raise ConflictError(f"atlas {atlas.atlas_id!r} is already loaded")
@@ -587,6 +588,19 @@ class GovernanceService:
 
     async def verify_trace(self, tenant_id: str, session_id: str) -> ChainReport:
         return check_chain(await self.trace(tenant_id, session_id))
+
+
+def _fits_the_store(atlas: Atlas) -> None:
+    """Ids the store keeps in columns must fit them (PostgreSQL refuses longer values)."""
+    if len(atlas.atlas_id) > 255:
+        raise AtlasError("/atlas_id", "must be at most 255 characters")
+    if len(atlas.version) > 64:
+        raise AtlasError("/version", "must be at most 64 characters")
+    too_long = [
+        (f"/policies/{i}/policy_id", p.policy_id) for i, p in enumerate(atlas.policies) if len(p.policy_id) > 255
+    ] + [(f"/actions/{i}/action_id", a.action_id) for i, a in enumerate(atlas.actions) if len(a.action_id) > 255]
+    if too_long:
+        raise atlas.locate(AtlasError(too_long[0][0], "must be at most 255 characters"))
 
 
 def _carp(request: Mapping[str, Any]) -> CarpRequest:

@@ -12,9 +12,9 @@ import cra
 from cra.errors import ProtocolError
 from cra.runtime.approvals import Approval
 from cra.runtime.records import Session
-from cra.runtime.service import package_of
+from cra.runtime.service import GovernanceService, package_of
 from cra.server import bodies
-from cra.server.auth import Permission
+from cra.server.auth import Identity, Permission
 from cra.server.deps import (
     Body,
     Caller,
@@ -24,6 +24,7 @@ from cra.server.deps import (
     context,
     own_session,
     read_body,
+    runnable_session,
 )
 from cra.trace.event import format_timestamp
 from cra.trace.jsonl import dumps_event
@@ -137,7 +138,7 @@ async def end_session(
     reason: Annotated[str, Query(pattern="^(completed|timeout|error|cancelled)$")] = "completed",
 ) -> Response:
     who.require(Permission.RUN_SESSIONS)
-    await own_session(service, who, session_id)
+    await runnable_session(service, who, session_id)
     await service.end_session(who.tenant_id, session_id, reason)
     return Response(status_code=204)
 
@@ -145,18 +146,23 @@ async def end_session(
 # -- CARP -----------------------------------------------------------------
 
 
-def _requester(data: Any) -> None:
+async def _admit(service: GovernanceService, who: Identity, data: Any) -> None:
+    """A CARP request may act only as the caller's agent, in a session the caller may run."""
+    who.require(Permission.RUN_SESSIONS)
     requester = data.get("requester") if isinstance(data, dict) else None
     agent = requester.get("agent_id") if isinstance(requester, dict) else None
+    session_id = requester.get("session_id") if isinstance(requester, dict) else None
     if not isinstance(agent, str):
         raise ProtocolError("/requester/agent_id", "is required")
+    if not isinstance(session_id, str):
+        raise ProtocolError("/requester/session_id", "is required")
+    who.acting_as(agent)
+    await runnable_session(service, who, session_id)
 
 
 @router.post("/resolve", tags=["CARP"], openapi_extra=bodies.documented(bodies.carp_request()))
 async def resolve(service: Service, who: Caller, data: Body) -> dict[str, Any]:
-    who.require(Permission.RUN_SESSIONS)
-    _requester(data)
-    who.acting_as(data["requester"]["agent_id"])
+    await _admit(service, who, data)
     return await service.resolve(who.tenant_id, data)
 
 
@@ -167,9 +173,7 @@ async def execute(
     data: Body,
     x_cra_approval_ticket: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    who.require(Permission.RUN_SESSIONS)
-    _requester(data)
-    who.acting_as(data["requester"]["agent_id"])
+    await _admit(service, who, data)
     return await service.execute(who.tenant_id, data, approval_ticket=x_cra_approval_ticket)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -123,6 +124,30 @@ class Identity:
             raise ForbiddenError(f"this key acts only as agent {self.agent_id!r}")
 
 
+_KEY_ID: Final = re.compile(r"[0-9a-f]{16}")
+
+
+class _Lru:
+    """A bounded map whose entries expire."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, tuple[float, tuple[ApiKeyRecord | None]]] = OrderedDict()
+
+    def get(self, key: str, now: float) -> tuple[ApiKeyRecord | None] | None:
+        item = self._items.get(key)
+        if item is None or item[0] <= now:
+            return None
+        self._items.move_to_end(key)
+        return item[1]
+
+    def put(self, key: str, value: tuple[ApiKeyRecord | None], expires: float) -> None:
+        self._items[key] = (expires, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
@@ -167,9 +192,10 @@ class Authenticator:
     """API keys to identities, with a small in-process cache of key records.
 
     A key's record is read from the store at most once per ``ttl_seconds``, so a
-    revocation made elsewhere (``cra apikey revoke``, another process) takes effect
-    within that time; one made through :meth:`forget` takes effect at once. Unknown
-    key ids are cached too, so random keys cannot turn every request into a query.
+    revocation (``cra apikey revoke``, another process) takes effect within that time.
+    Malformed key ids never reach the store, and unknown ones are cached apart from
+    known keys, so invented keys can neither query the store on every request nor
+    push real keys out of the cache.
     """
 
     def __init__(
@@ -178,28 +204,24 @@ class Authenticator:
         *,
         ttl_seconds: float = 5.0,
         max_entries: int = 10_000,
+        max_unknown: int = 1_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._state = state
         self._clock = clock
         self._ttl = ttl_seconds
-        self._max = max_entries
-        self._cache: OrderedDict[str, tuple[float, ApiKeyRecord | None]] = OrderedDict()
-
-    def forget(self, key_id: str) -> None:
-        self._cache.pop(key_id, None)
+        # Known and unknown key ids are cached apart, so a flood of invented ids cannot evict real keys.
+        self._known = _Lru(max_entries)
+        self._unknown = _Lru(max_unknown)
 
     async def _record(self, key_id: str) -> ApiKeyRecord | None:
         now = self._clock()
-        cached = self._cache.get(key_id)
-        if cached is not None and cached[0] > now:
-            self._cache.move_to_end(key_id)
-            return cached[1]
+        for cache in (self._known, self._unknown):
+            hit = cache.get(key_id, now)
+            if hit is not None:
+                return hit[0]
         record = await self._state.key(key_id)
-        self._cache[key_id] = (now + self._ttl, record)
-        self._cache.move_to_end(key_id)
-        while len(self._cache) > self._max:
-            self._cache.popitem(last=False)
+        (self._known if record is not None else self._unknown).put(key_id, (record,), now + self._ttl)
         return record
 
     async def identity(self, token: str) -> Identity:
@@ -207,6 +229,8 @@ class Authenticator:
         if not token.startswith(_PREFIX) or token.count("_") < 2 or len(token) > 200:
             raise AuthError("the API key is malformed")
         key_id, _, secret = token[len(_PREFIX) :].partition("_")
+        if not _KEY_ID.fullmatch(key_id):
+            raise AuthError("the API key is malformed")
         record = await self._record(key_id)
         # Compare even when the key is unknown, so timing does not tell which key ids exist.
         expected = record.secret_hash if record is not None else _hash("")

@@ -12,7 +12,7 @@ from cra.errors import NotFoundError, ProtocolError
 from cra.protocol.canonical import parse_json
 from cra.runtime.records import Session
 from cra.runtime.service import GovernanceService
-from cra.server.auth import Authenticator, AuthError, Identity, Permission
+from cra.server.auth import Authenticator, AuthError, ForbiddenError, Identity, Permission
 from cra.server.settings import ServerSettings
 from cra.server.tokens import JwtVerifier
 from cra.store.state import SqlState
@@ -29,6 +29,7 @@ __all__ = [
     "context",
     "own_session",
     "read_body",
+    "runnable_session",
 ]
 
 
@@ -150,6 +151,15 @@ async def own_session(service: GovernanceService, who: Identity, session_id: str
     if who.can(Permission.RUN_SESSIONS) and (who.agent_id is None or who.agent_id == session.agent_id):
         return session
     raise NotFoundError("session", session_id)
+
+
+async def runnable_session(service: GovernanceService, who: Identity, session_id: str) -> Session:
+    """The session, if this caller may act in it: as :func:`own_session`, and a key other than an
+    admin's must hold every policy role the session carries, so that nobody borrows another's roles."""
+    session = await own_session(service, who, session_id)
+    if who.role != "admin" and not session.roles <= set(who.policy_roles):
+        raise ForbiddenError("this session carries policy roles this key does not have")
+    return session
 
 
 class RateLimited(Exception):

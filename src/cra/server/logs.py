@@ -18,11 +18,14 @@ _PATTERNS: Final = (
     (re.compile(r"cra_[0-9a-f]{16}_[A-Za-z0-9_-]+"), "cra_[REDACTED]"),
     (re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[REDACTED JWT]"),
     (
-        re.compile(r"(?i)(authorization|x-api-key|x-cra-approval-ticket)(['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
+        re.compile(
+            r"(?i)(authorization|x-api-key|x-cra-approval-ticket)(['\"]?\s*[:=]\s*['\"]?)(?:bearer\s+)?[^\s'\",}]+"
+        ),
         r"\1\2[REDACTED]",
     ),
     (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "[REDACTED EMAIL]"),
-    (re.compile(r"\[parameters: .*?\](?=\s|$)", re.S), "[parameters: REDACTED]"),
+    # A database error quotes the statement's bound values on a line of their own, to its end.
+    (re.compile(r"\[parameters: .*$", re.M), "[parameters: REDACTED]"),
 )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from cra.ledger.attestation import AtlasRef
 from cra.protocol.canonical import canonical_json
@@ -67,9 +67,17 @@ def session_from(
         created_at=when(created_at),
         atlas_ids=None if d["atlas_ids"] is None else tuple(d["atlas_ids"]),
         metadata=d["metadata"],
-        status="ended" if status == "ended" else "active",
+        status=_session_status(session_id, status),
         ended_at=None if ended_at is None else when(ended_at),
     )
+
+
+def _session_status(session_id: str, status: str) -> Literal["active", "ended"]:
+    if status == "active":
+        return "active"
+    if status == "ended":
+        return "ended"
+    raise ValueError(f"session {session_id} has an unknown status {status!r}")
 
 
 def event_from(line: str) -> TraceEvent:

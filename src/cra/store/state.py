@@ -476,7 +476,7 @@ class SqlState:
         return records, int(total)
 
     async def report_rows(
-        self, tenant_id: str, *, since: str | None = None, until: str | None = None
+        self, tenant_id: str, *, since: str | None = None, until: str | None = None, limit: int | None = None
     ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """What reports aggregate: the tenant's decision rows and its approvals' timings.
 
@@ -504,6 +504,7 @@ class SqlState:
                 )
                 .where(*where)
                 .order_by(EventRow.id)
+                .limit(limit)
             )
             approvals = await conn.execute(
                 select(
@@ -512,7 +513,9 @@ class SqlState:
                     ApprovalRow.action_id,
                     ApprovalRow.agent_id,
                     ApprovalRow.data,
-                ).where(*approvals_where)
+                )
+                .where(*approvals_where)
+                .limit(limit)
             )
             return [tuple(r) for r in decisions], [tuple(r) for r in approvals]
 

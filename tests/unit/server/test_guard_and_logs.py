@@ -83,6 +83,8 @@ def test_bodies_over_the_limit_are_413_declared_or_streamed() -> None:
         ("headers={'x-api-key': 'hunter2hunter2'}", "hunter2hunter2"),
         ("customer layla@example.sa asked", "layla@example.sa"),
         ("IntegrityError [parameters: ('Layla', 'secret-amount')] (Background", "secret-amount"),
+        ('[parameters: (\'{"name": "Jane] Doe", "ssn": "123-45-6789"}\',)]', "123-45-6789"),
+        ("authorization: Bearer opaque-token-value", "opaque-token-value"),
     ],
 )
 def test_redaction_removes_keys_tokens_emails_and_sql_parameters(text: str, secret: str) -> None:
