@@ -17,6 +17,7 @@ from tests.e2e._service import PROBLEM, SUPPORT, Env, carp, run
 
 from cra import load_atlas
 from cra.ledger.attestation import open_attestation
+from cra.store.reports import render
 from cra.trace.chain import verify_chain
 from cra.trace.jsonl import loads_trace
 
@@ -212,3 +213,10 @@ def test_reports_aggregate_the_decisions_in_json_csv_and_parquet(tmp_path: Path)
         assert empty["rates"][0]["decisions"] == 0
 
     run(tmp_path, body, executors=EXECUTORS)
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_quoted() -> None:
+    frame = pl.DataFrame({"action_id": ['=HYPERLINK("x")', "order.lookup", "+1", "@sum"], "count": [1, 2, 3, 4]})
+    rows = list(csv.DictReader(io.StringIO(render(frame, "csv").decode())))
+    assert [r["action_id"] for r in rows] == ['\'=HYPERLINK("x")', "order.lookup", "'+1", "'@sum"]
+    assert [r["count"] for r in rows] == ["1", "2", "3", "4"]

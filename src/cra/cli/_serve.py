@@ -11,6 +11,7 @@ import typer
 
 from cra.errors import CRAError
 from cra.store.datadir import resolve_data_dir
+from cra.trace.event import format_timestamp
 
 from ._output import fail, print_json
 
@@ -296,7 +297,7 @@ def apikey_revoke(
     async def run() -> bool:
         state = await _with_state(data_dir, database_url)
         try:
-            return await state.revoke_key(key_id, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+            return await state.revoke_key(key_id, format_timestamp(datetime.now(UTC)))
         finally:
             await state.close()
 

@@ -188,8 +188,11 @@ class GovernanceService:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        """Seal whatever an earlier process committed but did not seal."""
-        await self.seal_pending()
+        """Seal whatever an earlier process committed but did not seal (if the ledger can now)."""
+        try:
+            await self.seal_pending()
+        except LedgerError:
+            _log.exception("the ledger cannot seal the committed events yet; they stay marked unsealed")
 
     async def close(self) -> None:
         await self.state.close()
@@ -346,20 +349,30 @@ class GovernanceService:
             failure: CRAError | None = None
             try:
                 result = op(tenant.resolver)
-            except UnavailableError:  # a dependency could not answer: nothing of this call is kept
+            except CRAError as exc:
+                if isinstance(exc, UnavailableError):  # a dependency could not answer: nothing is kept
+                    tenant.workspace.take()
+                    self._counters.give_back(self._counters.take())
+                    raise
+                failure = exc  # refused: its error.occurred event is committed all the same
+            except BaseException:
                 tenant.workspace.take()
                 self._counters.give_back(self._counters.take())
                 raise
-            except CRAError as exc:  # refused: its error.occurred event is committed all the same
-                failure = exc
             changes = tenant.workspace.take()
             consumed = self._counters.take()
+            # Once begun, a commit finishes even if the request is cancelled (a timeout, a client
+            # gone): whether it was kept must not depend on when the cancellation arrived.
+            committing = asyncio.ensure_future(self.state.commit(changes))
             try:
-                await self.state.commit(changes)
+                await asyncio.shield(committing)
             except ConflictError:
                 self._counters.give_back(consumed)
                 await asyncio.sleep(0)
                 continue
+            except asyncio.CancelledError:
+                committing.add_done_callback(self._committed_after_cancel(consumed))
+                raise
             except BaseException:
                 self._counters.give_back(consumed)
                 raise
@@ -368,6 +381,17 @@ class GovernanceService:
                 raise failure
             return result
         raise ConflictError("the operation kept losing races with other writers; try again")
+
+    def _committed_after_cancel(
+        self, consumed: list[tuple[tuple[Charge, ...], float]]
+    ) -> Callable[[asyncio.Future[None]], None]:
+        """What to do when a commit whose request was cancelled ends: give back if it was not kept."""
+
+        def done(commit: asyncio.Future[None]) -> None:
+            if commit.cancelled() or commit.exception() is not None:
+                self._counters.give_back(consumed)
+
+        return done
 
     async def _seal(self, changes: Changes) -> None:
         if self.ledger is None or not changes.events:
@@ -381,7 +405,8 @@ class GovernanceService:
             _log.exception("the ledger could not seal committed events; they stay marked unsealed")
 
     async def seal_pending(self) -> int:
-        """Seal every committed, unsealed event into the ledger, in commit order. Returns how many."""
+        """Seal every committed, unsealed event into the ledger, in insertion order (which keeps
+        each chain in order). Returns how many."""
         if self.ledger is None:
             return 0
         ledger = self.ledger

@@ -25,7 +25,7 @@ from cra.runtime.service import GovernanceService
 from cra.server import api, evidence_api, ledger_api, stream_api
 from cra.server.auth import Authenticator
 from cra.server.deps import Buckets, Context, RateLimited
-from cra.server.problems import install_handlers, problem
+from cra.server.problems import SECURITY_HEADERS, install_handlers, problem
 from cra.server.settings import ServerSettings
 from cra.server.tokens import JwtVerifier
 from cra.store.state import SqlState
@@ -35,13 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ServerSettings", "create_app", "serving_app"]
 
-_SECURITY_HEADERS: Final = (
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cache-control", b"no-store"),
-    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
-)
+_SECURITY_HEADERS: Final = tuple((k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items())
 
 
 class _Guard:

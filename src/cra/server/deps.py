@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
@@ -78,6 +78,8 @@ class Context:
     buckets: Buckets
     auth: Authenticator
     tokens: JwtVerifier | None
+    #: Open event streams per key id, in this process.
+    streams: dict[str, int] = field(default_factory=dict)
 
 
 def context(request: Request) -> Context:

@@ -28,10 +28,18 @@ from cra.errors import (
 )
 from cra.server.auth import AuthError, ForbiddenError
 
-__all__ = ["PROBLEM_JSON", "install_handlers", "problem"]
+__all__ = ["PROBLEM_JSON", "SECURITY_HEADERS", "install_handlers", "problem"]
 
 PROBLEM_JSON: Final = "application/problem+json"
 _BASE: Final = "https://cra.dev/problems/"
+#: Sent with every response.
+SECURITY_HEADERS: Final = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+}
 _log = logging.getLogger("cra.server")
 
 
@@ -100,4 +108,7 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         _log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
-        return problem(500, "internal", "Internal error", "the server failed; the error is logged")
+        response = problem(500, "internal", "Internal error", "the server failed; the error is logged")
+        # This handler answers outside the guard middleware, so it adds the security headers itself.
+        response.headers.update(SECURITY_HEADERS)
+        return response

@@ -28,7 +28,8 @@ from starlette.responses import StreamingResponse
 
 from cra.errors import NotFoundError, ValidationError
 from cra.runtime.service import GovernanceService
-from cra.server.deps import Caller, Service, own_session
+from cra.server.auth import AuthError
+from cra.server.deps import Caller, RateLimited, Service, authenticate, context, own_session
 from cra.trace.event import TraceEvent
 from cra.trace.jsonl import dumps_event
 
@@ -36,6 +37,10 @@ __all__ = ["KEEPALIVE_SECONDS", "aliases", "message", "router"]
 
 #: Seconds without a message after which a keep-alive comment is sent.
 KEEPALIVE_SECONDS: float = 15.0
+#: Event streams one API key (or token) may hold open in one process.
+MAX_STREAMS_PER_KEY: Final = 8
+#: How often a stream checks its caller's credentials again.
+_RECHECK_SECONDS: Final = 5.0
 #: Events read from the store per query, so a long backlog streams in bounded pieces.
 _PAGE: Final = 500
 _MAX_SEQUENCE: Final = (1 << 63) - 1
@@ -85,9 +90,19 @@ async def _stream(
     keepalive = KEEPALIVE_SECONDS
     deadline = loop.time() + max_seconds
     last_sent = loop.time()
+    checked = loop.time()
     while True:
         if await request.is_disconnected():
             return
+        if loop.time() - checked >= _RECHECK_SECONDS:
+            # The caller's credentials are checked again as the stream goes on: a revoked key
+            # or an expired token ends it.
+            try:
+                await authenticate(request)
+            except (AuthError, RateLimited):
+                yield ": credentials no longer valid\n\n"
+                return
+            checked = loop.time()
         try:
             # Read the status first: every event committed before the session ended is then
             # visible to the reads below, so ``end`` follows the last of them.
@@ -134,8 +149,20 @@ async def stream_trace(
     """The session's TRACE events as Server-Sent Events, live, ending with ``event: end``."""
     await own_session(service, who, session_id)
     after = _resume_point(last_event_id, since_sequence)
-    return StreamingResponse(
-        _stream(request, service, who.tenant_id, session_id, after, poll_ms / 1000, max_seconds),
-        media_type="text/event-stream",
-        headers={"X-Accel-Buffering": "no"},
-    )
+    streams = context(request).streams
+    if streams.get(who.key_id, 0) >= MAX_STREAMS_PER_KEY:
+        raise RateLimited(1.0)
+    streams[who.key_id] = streams.get(who.key_id, 0) + 1
+
+    async def counted() -> AsyncIterator[str]:
+        try:
+            async for chunk in _stream(request, service, who.tenant_id, session_id, after, poll_ms / 1000, max_seconds):
+                yield chunk
+        finally:
+            left = streams.get(who.key_id, 1) - 1
+            if left > 0:
+                streams[who.key_id] = left
+            else:
+                streams.pop(who.key_id, None)
+
+    return StreamingResponse(counted(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})

@@ -133,4 +133,5 @@ def _identity(claims: dict[str, Any]) -> Identity:
         raise AuthError("an agent token names its agent (cra_agent); other roles name none")
     if not isinstance(roles, Sequence) or isinstance(roles, str) or not all(isinstance(r, str) and r for r in roles):
         raise AuthError("the bearer token's cra_policy_roles must be a list of names")
-    return Identity(f"jwt:{sub}", tenant, role, agent, tuple(dict.fromkeys(roles)))
+    # The tenant is part of the id, so one subject in two tenants has two rate-limit buckets.
+    return Identity(f"jwt:{tenant}:{sub}", tenant, role, agent, tuple(dict.fromkeys(roles)))

@@ -138,9 +138,20 @@ def build_reports(
 
 def render(frame: pl.DataFrame, fmt: str) -> bytes:
     """One table as CSV or Parquet bytes."""
+    import polars as pl
+
     buffer = io.BytesIO()
     if fmt == "csv":
-        frame.write_csv(buffer)
+        # Ids come from atlases and callers: a cell a spreadsheet would run as a formula is quoted.
+        quoted = [
+            pl.when(pl.col(name).str.contains(r"^[=+\-@\t\r]"))
+            .then(pl.lit("'") + pl.col(name))
+            .otherwise(pl.col(name))
+            .alias(name)
+            for name, dtype in frame.schema.items()
+            if dtype == pl.String
+        ]
+        frame.with_columns(quoted).write_csv(buffer)
     elif fmt == "parquet":
         frame.write_parquet(buffer)
     else:

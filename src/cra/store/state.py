@@ -296,7 +296,7 @@ class SqlState:
     # -- sealing --------------------------------------------------------------
 
     async def unsealed(self, limit: int = 10_000) -> list[tuple[int, TraceEvent, AttestationClaim | None]]:
-        """Committed events not yet sealed into the ledger, in commit order."""
+        """Committed events not yet sealed into the ledger, in insertion order (each chain in order)."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 select(EventRow.id, EventRow.line, EventRow.claim)

@@ -61,7 +61,7 @@ class AtlasRow(Base):
     atlas_id: Mapped[str] = mapped_column(NAME, primary_key=True)
     version: Mapped[str] = mapped_column(String(64))
     digest: Mapped[str] = mapped_column(String(80))
-    #: ``{"manifest": ..., "files": {path: text}}`` as canonical JSON.
+    #: The package's files, ``{path: base64 of the bytes}``, as canonical JSON.
     source: Mapped[str] = mapped_column(Text)
     loaded_at: Mapped[str] = mapped_column(STAMP)
 
