@@ -18,6 +18,7 @@ from typing import Any
 
 import fastjsonschema
 import httpx
+from tests.conformance.test_golden import match
 from tests.conftest import shared_dir
 from tests.e2e._service import PROBLEM, SUPPORT, SUPPORT_ID, Env, now, run
 
@@ -32,8 +33,6 @@ NDJSON = "application/x-ndjson"
 #: What the customer-support atlas gives an agent whose policy role is ``agent``.
 AGENT_ALLOWED = {"order.lookup", "customer.lookup", "ticket.reply", "refund.create"}
 AGENT_DENIED = {"customer.delete": "deny-customer-delete"}
-
-DYNAMIC = "$dynamic"
 
 
 def tiny_atlas(atlas_id: str) -> dict[str, Any]:
@@ -152,29 +151,6 @@ async def ndjson(env: Env, headers: dict[str, str], session_id: str) -> str:
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith(NDJSON)
     return r.text
-
-
-def match(actual: Any, expected: Any, path: str = "") -> list[str]:
-    """Differences from a golden value; ``$dynamic`` matches anything present (as tests/conformance/test_golden.py)."""
-    if expected == DYNAMIC:
-        return []
-    if isinstance(expected, dict):
-        expected = {k: v for k, v in expected.items() if k != "$comment"}
-        if not isinstance(actual, dict):
-            return [f"{path}: expected an object, got {actual!r}"]
-        problems = [f"{path}/{k}: missing" for k in expected if k not in actual]
-        problems += [f"{path}/{k}: unexpected" for k in actual if k not in expected]
-        for k in expected:
-            if k in actual:
-                problems += match(actual[k], expected[k], f"{path}/{k}")
-        return problems
-    if isinstance(expected, list):
-        if not isinstance(actual, list) or len(actual) != len(expected):
-            return [f"{path}: expected {len(expected)} items, got {actual!r}"]
-        return [p for i, (a, e) in enumerate(zip(actual, expected, strict=True)) for p in match(a, e, f"{path}/{i}")]
-    if type(actual) is not type(expected) or actual != expected:
-        return [f"{path}: expected {expected!r}, got {actual!r}"]
-    return []
 
 
 # -- 1. the governed flow ---------------------------------------------------------
