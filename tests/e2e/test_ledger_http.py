@@ -29,7 +29,6 @@ from cra.ledger.merkle import verify_consistency
 from cra.ledger.tlog_proof import parse_tlog_proof, verify_tlog_proof
 from cra.runtime.memory import HmacSigner
 from cra.runtime.service import GovernanceService
-from cra.server import ledger_api
 from cra.server.app import create_app
 from cra.server.auth import issue_key
 from cra.server.boot import Booted, boot, load_atlas_dirs
@@ -46,8 +45,6 @@ TIMEOUT = 30.0
 
 def app_of(service: GovernanceService, booted: Booted) -> httpx.AsyncClient:
     app = create_app(service, booted.state)
-    app.include_router(ledger_api.router)
-    app.include_router(ledger_api.aliases)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cra.test")
 
 

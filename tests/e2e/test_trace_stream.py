@@ -141,7 +141,6 @@ async def served(data_dir: Path) -> AsyncIterator[Env]:
         await booted.service.start()
         assert await load_atlas_dirs(booted.service, "acme", [SUPPORT])
         app = create_app(booted.service, booted.state)
-        app.include_router(stream_api.router)
         transport = LiveTransport(app)
         async with (
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client,
@@ -411,5 +410,32 @@ def test_keep_alive_max_seconds_and_disconnect(tmp_path: Path, monkeypatch: pyte
             await incoming.aclose()
         assert env.transport.tasks[-1].done()
         assert env.transport.tasks[-1].exception() is None
+
+    run(tmp_path, body)
+
+
+def test_a_stream_ends_when_its_key_is_revoked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stream_api, "_RECHECK_SECONDS", 0.2)
+
+    async def body(env: Env) -> None:
+        env.app.state.cra.auth._ttl = 0.0  # no key cache: the store's word on every check
+        token, record = await issue_key(
+            env.booted.state,
+            tenant_id="acme",
+            role="agent",
+            agent_id="support-bot",
+            policy_roles=["agent"],
+            now=datetime.now(UTC),
+        )
+        agent = {"X-API-Key": token}
+        sid = await new_session(env, agent, "support-bot")
+        lines = await ndjson(env, agent, sid)
+        async with env.live.stream("GET", f"/v1/traces/{sid}/stream", params={"poll_ms": 50}, headers=agent) as r:
+            incoming = messages(r)
+            assert [await asyncio.wait_for(anext(incoming), 5) for _ in lines] == expected(lines)
+            assert await env.booted.state.revoke_key(record.key_id, "2026-12-01T00:00:00.000000Z")
+            rest = [m async for m in incoming]  # the stream ends by itself
+        assert rest[-1] == {"comment": "credentials no longer valid"}
+        assert all(m.get("event") != "end" for m in rest)
 
     run(tmp_path, body)
