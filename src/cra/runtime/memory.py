@@ -32,16 +32,35 @@ __all__ = [
 
 
 class MemoryCounters:
-    """Exact sliding-window counters, kept per key, safe across threads."""
+    """Exact sliding-window counters, kept per key, safe across threads.
 
-    def __init__(self) -> None:
+    Keys whose windows have emptied are dropped every ``sweep_every`` calls, so the
+    counters of ended sessions do not pile up in a long-running process.
+    """
+
+    def __init__(self, *, sweep_every: int = 10_000) -> None:
         self._hits: dict[str, deque[tuple[float, int | float]]] = {}
+        self._windows: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._sweep_every = sweep_every
+        self._calls = 0
+
+    def __len__(self) -> int:
+        """How many keys hold counts."""
+        return len(self._hits)
+
+    def _sweep(self, now: float) -> None:
+        self._calls += 1
+        if self._calls % self._sweep_every:
+            return
+        for key in [k for k, hits in self._hits.items() if not hits or hits[-1][0] <= now - self._windows[k]]:
+            del self._hits[key], self._windows[key]
 
     def _window(self, key: str, window: int, now: float) -> deque[tuple[float, int | float]]:
         hits = self._hits.get(key)
         if hits is None:
             hits = self._hits[key] = deque()
+        self._windows[key] = max(window, self._windows.get(key, 0))
         horizon = now - window
         while hits and hits[0][0] <= horizon:
             hits.popleft()
@@ -69,10 +88,12 @@ class MemoryCounters:
 
     def check(self, charges: Sequence[Charge], now: float) -> LimitBreach | None:
         with self._lock:
+            self._sweep(now)
             return self._first_breach(charges, now)
 
     def consume(self, charges: Sequence[Charge], now: float) -> LimitBreach | None:
         with self._lock:
+            self._sweep(now)
             breach = self._first_breach(charges, now)
             if breach is None:
                 for charge in charges:

@@ -83,3 +83,14 @@ def test_release_gives_back_exactly_what_one_consume_took() -> None:
     assert c.consume([spend, other], 6.0) is None  # both fit again
     c.release([spend], 99.0)  # nothing was taken at 99: nothing changes
     assert c.check([spend], 7.0) is not None
+
+
+def test_keys_whose_windows_emptied_are_swept_away() -> None:
+    c = MemoryCounters(sweep_every=10)
+    for n in range(50):  # 50 sessions, one call each, in a 10 s window
+        assert c.consume([rate(f"session-{n}", limit=1, window=10)], float(n)) is None
+    assert len(c) < 50  # the old sessions' keys went
+    assert c.consume([rate("session-49", limit=1, window=10)], 50.0) is not None  # a live one is still counted
+    for n in range(20):
+        c.check([rate("other")], 1000.0 + n)
+    assert len(c) == 1  # only the key just checked remains
