@@ -915,3 +915,47 @@ def test_concurrent_resolves_on_one_session(tmp_path: Path) -> None:
         assert r.json() == {"valid": True, "event_count": expected, "errors": []}
 
     run(tmp_path, body)
+
+
+def test_the_hot_evaluate_path_answers_like_every_other_route(tmp_path: Path) -> None:
+    """/v1/evaluate is served ahead of the router: its errors, limits and headers must not differ."""
+    call = {"action": "order.lookup", "params": {"order_id": "42"}}
+
+    async def errors(env: Env) -> None:
+        await env.support("acme")
+        agent = await env.key("acme", "agent", agent="support-bot", policy_roles=("agent",))
+        c = env.client
+        for path in ("/v1/evaluate", "/evaluate"):
+            ok = await c.post(path, headers=agent, json=call)
+            assert ok.status_code == 200
+            assert ok.json()["decision"] == "allow"
+            assert ok.headers["x-content-type-options"] == "nosniff"
+        problem_of(await c.post("/v1/evaluate", json=call), 401)
+        problem_of(await c.post("/v1/evaluate", headers=agent, json={**call, "roles": ["admin"]}), 400, path="/roles")
+        problem_of(await c.post("/v1/evaluate", headers=agent, content=b"{"), 400)
+        as_other = await c.post("/v1/evaluate", headers=agent, json={**call, "agent": "other-bot"})
+        assert problem_of(as_other, 403)["code"] == "forbidden"
+        # Other methods on the hot path are the router's business: 405, as for any route.
+        assert (await c.get("/v1/evaluate", headers=agent)).status_code == 405
+
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        env.booted.service.evaluate = broken  # type: ignore[method-assign]
+        crashed = await c.post("/v1/evaluate", headers=agent, json=call)
+        assert problem_of(crashed, 500)["code"] == "internal"
+        assert "a bug" not in crashed.text
+        assert crashed.headers["x-content-type-options"] == "nosniff"
+
+    async def limits(env: Env) -> None:
+        await env.support("acme")
+        agent = await env.key("acme", "agent", agent="support-bot", policy_roles=("agent",))
+        statuses = [(await env.client.post("/v1/evaluate", headers=agent, json=call)).status_code for _ in range(4)]
+        assert statuses[:2] == [200, 200]
+        assert statuses[-1] == 429
+        limited = await env.client.post("/evaluate", headers=agent, json=call)
+        problem_of(limited, 429)
+        assert int(limited.headers["retry-after"]) >= 1
+
+    run(tmp_path / "errors", errors)
+    run(tmp_path / "limits", limits, ServerSettings(key_requests_per_second=1))

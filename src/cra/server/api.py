@@ -29,7 +29,7 @@ from cra.server.deps import (
 from cra.trace.event import format_timestamp
 from cra.trace.jsonl import dumps_event
 
-__all__ = ["aliases", "hot", "router"]
+__all__ = ["HOT_PATHS", "aliases", "hot", "router"]
 
 
 def _session_json(s: Session) -> dict[str, Any]:
@@ -205,7 +205,9 @@ async def evaluate(request: Request) -> JSONResponse:
 
 
 _EVALUATE_DOC: dict[str, Any] = {**bodies.EVALUATE.openapi, "security": [{"apiKey": []}, {"bearerAuth": []}]}
-#: The hot path, included before every other route so that matching finds it first.
+#: The hot path's URLs. The app serves them before its router (see cra.server.app); these
+#: routes put them in the OpenAPI document and serve them to a router used without that app.
+HOT_PATHS = ("/v1/evaluate", "/evaluate")
 hot = APIRouter()
 hot.add_api_route(
     "/v1/evaluate",

@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import cra
+from cra.errors import CRAError
 from cra.runtime.service import GovernanceService
 from cra.server import api, evidence_api, ledger_api, stream_api
 from cra.server.auth import Authenticator
 from cra.server.deps import Buckets, Context, RateLimited
-from cra.server.problems import SECURITY_HEADERS, install_handlers, problem
+from cra.server.problems import SECURITY_HEADERS, crash_problem, install_handlers, problem, problem_for
 from cra.server.settings import ServerSettings
 from cra.server.tokens import JwtVerifier
 from cra.store.state import SqlState
@@ -45,6 +46,8 @@ class _Guard:
         self._app = app
         self._max = max_body
         self._timeout = timeout
+        # The hot path: served here, past the router and its middleware, by the same endpoint.
+        self._fast: dict[tuple[str, str], ASGIApp] = {("POST", p): _served(api.evaluate) for p in api.HOT_PATHS}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,16 +74,19 @@ class _Guard:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message["headers"] = [*message.get("headers", []), *_SECURITY_HEADERS]
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                message["headers"] = headers + [h for h in _SECURITY_HEADERS if h[0] not in present]
             await send(message)
 
         streaming = str(scope.get("path", "")).endswith("/stream")
+        target = self._fast.get((scope["method"], scope["path"]), self._app)
         try:
             if streaming:
-                await self._app(scope, limited, secured)
+                await target(scope, limited, secured)
             else:
                 async with asyncio.timeout(self._timeout):
-                    await self._app(scope, limited, secured)
+                    await target(scope, limited, secured)
         except _TooLarge:
             response = problem(413, "too_large", "Request too large", f"the body limit is {self._max} bytes")
             await response(scope, receive, send)
@@ -93,6 +99,33 @@ class _Guard:
 
 class _TooLarge(Exception):
     pass
+
+
+def _served(endpoint: Callable[[Request], Awaitable[Response]]) -> ASGIApp:
+    """An endpoint as an ASGI app of its own, with the errors answered as the app answers them."""
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await endpoint(request)
+        except CRAError as exc:
+            response = problem_for(exc)
+        except RateLimited as exc:
+            response = limited(exc)
+        except _TooLarge:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the app's last-resort handler, for this path
+            response = crash_problem(request, exc)
+        await response(scope, receive, send)
+
+    return serve
+
+
+def limited(exc: RateLimited) -> JSONResponse:
+    seconds = max(1, int(exc.wait + 0.999))
+    response = problem(429, "rate_limited", "Too many requests", f"retry after {seconds} s", retry_after=seconds)
+    response.headers["Retry-After"] = str(seconds)
+    return response
 
 
 def create_app(
@@ -160,10 +193,7 @@ def _assemble(conf: ServerSettings, lifespan: Callable[[FastAPI], Any]) -> FastA
 
     @app.exception_handler(RateLimited)
     async def _limited(request: Request, exc: RateLimited) -> JSONResponse:
-        seconds = max(1, int(exc.wait + 0.999))
-        response = problem(429, "rate_limited", "Too many requests", f"retry after {seconds} s", retry_after=seconds)
-        response.headers["Retry-After"] = str(seconds)
-        return response
+        return limited(exc)
 
     app.include_router(api.hot)
     for module in (api, evidence_api, ledger_api, stream_api):

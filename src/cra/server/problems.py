@@ -28,7 +28,7 @@ from cra.errors import (
 )
 from cra.server.auth import AuthError, ForbiddenError
 
-__all__ = ["PROBLEM_JSON", "SECURITY_HEADERS", "install_handlers", "problem"]
+__all__ = ["PROBLEM_JSON", "SECURITY_HEADERS", "crash_problem", "install_handlers", "problem", "problem_for"]
 
 PROBLEM_JSON: Final = "application/problem+json"
 _BASE: Final = "https://cra.dev/problems/"
@@ -71,19 +71,31 @@ def _status(exc: CRAError) -> tuple[int, str]:
     return 400, "Request refused"
 
 
+def problem_for(exc: CRAError) -> JSONResponse:
+    """The problem response for one of CRA's errors."""
+    status, title = _status(exc)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationError):
+        extra["path"] = exc.path
+        extra["reason"] = exc.reason
+    response = problem(status, exc.code, title, str(exc), **extra)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'ApiKey header="X-API-Key", Bearer'
+    return response
+
+
+def crash_problem(request: Request, exc: Exception) -> JSONResponse:
+    """The answer to a failure nobody foresaw: logged with its type and path, told without detail."""
+    _log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+    response = problem(500, "internal", "Internal error", "the server failed; the error is logged")
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(CRAError)
     async def _cra(request: Request, exc: CRAError) -> JSONResponse:
-        status, title = _status(exc)
-        extra: dict[str, Any] = {}
-        if isinstance(exc, ValidationError):
-            extra["path"] = exc.path
-            extra["reason"] = exc.reason
-        headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key", Bearer'} if status == 401 else None
-        response = problem(status, exc.code, title, str(exc), **extra)
-        if headers:
-            response.headers.update(headers)
-        return response
+        return problem_for(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -107,8 +119,5 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        _log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
-        response = problem(500, "internal", "Internal error", "the server failed; the error is logged")
-        # This handler answers outside the guard middleware, so it adds the security headers itself.
-        response.headers.update(SECURITY_HEADERS)
-        return response
+        # This handler answers outside the guard middleware, so the response carries the security headers itself.
+        return crash_problem(request, exc)
