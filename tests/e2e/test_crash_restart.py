@@ -21,7 +21,6 @@ import os
 import queue
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,10 +29,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
+from tests.e2e._process import free_port, pump
 from tests.e2e._service import SUPPORT_ID, carp
 
 from cra.store.datadir import open_ledger
@@ -50,19 +49,6 @@ STARTUP_SECONDS = 45.0
 EXIT_SECONDS = 20.0
 REQUEST_SECONDS = 15.0
 NDJSON = "application/x-ndjson"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
-    for line in stream:
-        lines.put(line)
-    stream.close()
 
 
 class Serve:
@@ -82,7 +68,7 @@ class Serve:
         )
         assert self.process.stdout is not None
         self.lines: queue.Queue[str] = queue.Queue()
-        self._reader = threading.Thread(target=_pump, args=(self.process.stdout, self.lines), daemon=True)
+        self._reader = threading.Thread(target=pump, args=(self.process.stdout, self.lines), daemon=True)
         self._reader.start()
 
     async def healthy(self) -> None:
@@ -256,7 +242,7 @@ async def _check_session(client: httpx.AsyncClient, session: Session) -> list[Tr
 
 
 async def _scenario(data_dir: Path, logs: Path) -> dict[str, list[TraceEvent]]:
-    port = _free_port()
+    port = free_port()
     traffic = Traffic()
     async with servers() as started:
         server = Serve(data_dir, port, logs / "serve-0.log")

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.e2e._service import carp
 
 from cra.errors import ProofError
 from cra.ledger.attestation import open_attestation, verify_attestation
@@ -87,18 +88,6 @@ def run(data_dir: Path, body: Callable[[Env], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-def carp(operation: str, agent: str, session_id: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "carp_version": "1.0",
-        "request_id": str(uuid.uuid4()),
-        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "operation": operation,
-        "requester": {"agent_id": agent, "session_id": session_id},
-        "task": {"goal": "Help a customer with an order and a refund"},
-        **extra,
-    }
-
-
 async def new_session(env: Env, headers: dict[str, str], agent: str) -> str:
     r = await env.client.post("/v1/sessions", json={"agent_id": agent, "goal": "Help a customer"}, headers=headers)
     assert r.status_code == 201, r.text
@@ -107,7 +96,7 @@ async def new_session(env: Env, headers: dict[str, str], agent: str) -> str:
 
 
 async def resolve(env: Env, headers: dict[str, str], agent: str, session_id: str) -> dict[str, Any]:
-    r = await env.client.post("/v1/resolve", json=carp("resolve", agent, session_id), headers=headers)
+    r = await env.client.post("/v1/resolve", json=carp(agent, session_id, "resolve"), headers=headers)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
@@ -118,7 +107,7 @@ async def execute(
 ) -> dict[str, Any]:
     execution = {"resolution_id": resolution_id, "action_id": action, "parameters": params}
     r = await env.client.post(
-        "/v1/execute", json=carp("execute", agent, session_id, execution=execution), headers=headers
+        "/v1/execute", json=carp(agent, session_id, "execute", execution=execution), headers=headers
     )
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()

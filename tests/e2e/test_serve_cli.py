@@ -6,32 +6,18 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
+from tests.e2e._process import free_port, pump
 from tests.e2e.test_cli import cra
 
 STARTUP_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
-    for line in stream:
-        lines.put(line)
-    stream.close()
 
 
 class Server:
@@ -52,7 +38,7 @@ class Server:
         )
         assert self.process.stdout is not None
         self.lines: queue.Queue[str] = queue.Queue()
-        self._reader = threading.Thread(target=_pump, args=(self.process.stdout, self.lines), daemon=True)
+        self._reader = threading.Thread(target=pump, args=(self.process.stdout, self.lines), daemon=True)
         self._reader.start()
 
     def wait_healthy(self) -> None:

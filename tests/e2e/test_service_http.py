@@ -20,7 +20,7 @@ import fastjsonschema
 import httpx
 from tests.conformance.test_golden import match
 from tests.conftest import shared_dir
-from tests.e2e._service import PROBLEM, SUPPORT, SUPPORT_ID, Env, now, run
+from tests.e2e._service import PROBLEM, SUPPORT, SUPPORT_ID, Env, carp, now, run
 
 from cra.protocol.validation import validate
 from cra.server.app import ServerSettings
@@ -49,29 +49,6 @@ def tiny_atlas(atlas_id: str) -> dict[str, Any]:
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-def carp(
-    operation: str,
-    agent: str,
-    session_id: str,
-    *,
-    goal: str = "Help a customer with an order and a refund",
-    execution: dict[str, Any] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    request: dict[str, Any] = {
-        "carp_version": "1.0",
-        "request_id": str(uuid.uuid4()),
-        "timestamp": now(),
-        "operation": operation,
-        "requester": {"agent_id": agent, "session_id": session_id},
-        "task": {"goal": goal},
-        **extra,
-    }
-    if execution is not None:
-        request["execution"] = execution
-    return request
 
 
 def execution(resolution_id: str, action_id: str, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +86,7 @@ async def new_session(env: Env, headers: dict[str, str], agent: str, **extra: An
 
 
 async def resolve(env: Env, headers: dict[str, str], agent: str, session_id: str, **extra: Any) -> dict[str, Any]:
-    r = await env.client.post("/v1/resolve", json=carp("resolve", agent, session_id, **extra), headers=headers)
+    r = await env.client.post("/v1/resolve", json=carp(agent, session_id, "resolve", **extra), headers=headers)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
@@ -128,7 +105,7 @@ async def execute(
     h = dict(headers)
     if ticket is not None:
         h["X-CRA-Approval-Ticket"] = ticket
-    req = carp("execute", agent, session_id, execution=execution(resolution_id, action_id, parameters))
+    req = carp(agent, session_id, "execute", execution=execution(resolution_id, action_id, parameters))
     r = await env.client.post("/v1/execute", json=req, headers=h)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
@@ -371,7 +348,7 @@ def test_tenants_cannot_see_each_other(tmp_path: Path) -> None:
             problem_of(await c.get(f"/v1/atlases/{SUPPORT_ID}", headers=who), 404)
         for who in (admin_b, agent_b):
             problem_of(await c.delete(f"/v1/sessions/{sid}", headers=who), 404)
-            r = await c.post("/v1/resolve", json=carp("resolve", "support-bot", sid), headers=who)
+            r = await c.post("/v1/resolve", json=carp("support-bot", sid, "resolve"), headers=who)
             problem_of(r, 404)
         for who in (admin_b, approver_b):
             problem_of(await c.get(f"/v1/approvals/{pending}", headers=who), 404)
@@ -413,10 +390,10 @@ def test_keys_cannot_exceed_their_role(tmp_path: Path) -> None:
         problem_of(await c.post("/v1/sessions", json={"agent_id": "other-bot", "goal": "g"}, headers=bot), 403)
         other_sid = await new_session(env, other, "other-bot")
         other_res = await resolve(env, other, "other-bot", other_sid)
-        problem_of(await c.post("/v1/resolve", json=carp("resolve", "other-bot", other_sid), headers=bot), 403)
+        problem_of(await c.post("/v1/resolve", json=carp("other-bot", other_sid, "resolve"), headers=bot), 403)
         ex = execution(other_res["resolution_id"], "order.lookup", {"order_id": "1"})
         problem_of(
-            await c.post("/v1/execute", json=carp("execute", "other-bot", other_sid, execution=ex), headers=bot), 403
+            await c.post("/v1/execute", json=carp("other-bot", other_sid, "execute", execution=ex), headers=bot), 403
         )
         problem_of(
             await c.post("/v1/evaluate", json={"action": "order.lookup", "agent": "other-bot"}, headers=bot), 403
@@ -457,7 +434,7 @@ def test_keys_cannot_exceed_their_role(tmp_path: Path) -> None:
         problem_of(await c.post(f"/v1/approvals/{approval}/approve", headers=auditor), 403)
         problem_of(await c.post(f"/v1/approvals/{approval}/deny", headers=auditor), 403)
         problem_of(await c.post("/v1/sessions", json={"agent_id": "x", "goal": "g"}, headers=auditor), 403)
-        problem_of(await c.post("/v1/resolve", json=carp("resolve", "support-bot", sid), headers=auditor), 403)
+        problem_of(await c.post("/v1/resolve", json=carp("support-bot", sid, "resolve"), headers=auditor), 403)
         problem_of(await c.delete(f"/v1/sessions/{sid}", headers=auditor), 403)
         # Nor does an approver run sessions.
         problem_of(await c.post("/v1/sessions", json={"agent_id": "x", "goal": "g"}, headers=supervisor), 403)
@@ -469,7 +446,7 @@ def test_keys_cannot_exceed_their_role(tmp_path: Path) -> None:
         assert r.status_code == 201, r.text
         assert (await c.delete("/v1/atlases/com.acme.copy", headers=author)).status_code == 204
         problem_of(await c.post("/v1/sessions", json={"agent_id": "x", "goal": "g"}, headers=author), 403)
-        problem_of(await c.post("/v1/resolve", json=carp("resolve", "support-bot", sid), headers=author), 403)
+        problem_of(await c.post("/v1/resolve", json=carp("support-bot", sid, "resolve"), headers=author), 403)
         problem_of(await c.get("/v1/sessions", headers=author), 403)
         problem_of(await c.get("/v1/approvals", headers=author), 403)
 
@@ -593,7 +570,7 @@ def test_bad_bodies_are_precise_4xx_problems(tmp_path: Path) -> None:
             problem_of(await c.post("/v1/evaluate", json=fields, headers=admin), 400, path=path)
 
         sid = await new_session(env, admin, "support-bot")
-        good = carp("resolve", "support-bot", sid)
+        good = carp("support-bot", sid, "resolve")
         without_task = {k: v for k, v in good.items() if k != "task"}
         problem_of(await c.post("/v1/resolve", json=without_task, headers=admin), 400, path="/task")
         problem_of(await c.post("/v1/resolve", json={**good, "carp_version": "2.0"}, headers=admin), 400)
@@ -607,7 +584,7 @@ def test_bad_bodies_are_precise_4xx_problems(tmp_path: Path) -> None:
             400,
             path="/task/risk",
         )
-        problem_of(await c.post("/v1/execute", json=carp("execute", "support-bot", sid), headers=admin), 400)
+        problem_of(await c.post("/v1/execute", json=carp("support-bot", sid, "execute"), headers=admin), 400)
         # Stale and replayed requests are refused, not served.
         stale = {**good, "timestamp": "2024-12-28T12:00:00.000Z"}
         r = await c.post("/v1/resolve", json=stale, headers=admin)
@@ -618,7 +595,7 @@ def test_bad_bodies_are_precise_4xx_problems(tmp_path: Path) -> None:
         assert 400 <= r.status_code < 500
         problem_of(r, r.status_code)
         problem_of(
-            await c.post("/v1/resolve", json=carp("resolve", "support-bot", str(uuid.uuid4())), headers=admin), 404
+            await c.post("/v1/resolve", json=carp("support-bot", str(uuid.uuid4()), "resolve"), headers=admin), 404
         )
 
         # Query parameters.
@@ -897,7 +874,7 @@ def test_concurrent_resolves_on_one_session(tmp_path: Path) -> None:
         assert expected > 9
 
         sid = await new_session(env, bot, "support-bot")
-        requests = [carp("resolve", "support-bot", sid) for _ in range(8)]
+        requests = [carp("support-bot", sid, "resolve") for _ in range(8)]
         responses = await asyncio.gather(*(env.client.post("/v1/resolve", json=q, headers=bot) for q in requests))
         assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
         bodies = [r.json() for r in responses]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from tests.e2e._service import carp
 
 from cra.server import stream_api
 from cra.server.app import create_app
@@ -161,17 +161,6 @@ def run(data_dir: Path, body: Callable[[Env], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-def carp(operation: str, agent: str, session_id: str) -> dict[str, Any]:
-    return {
-        "carp_version": "1.0",
-        "request_id": str(uuid.uuid4()),
-        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "operation": operation,
-        "requester": {"agent_id": agent, "session_id": session_id},
-        "task": {"goal": "Help a customer with an order"},
-    }
-
-
 async def new_session(env: Env, headers: dict[str, str], agent: str) -> str:
     r = await env.client.post("/v1/sessions", json={"agent_id": agent, "goal": "Help a customer"}, headers=headers)
     assert r.status_code == 201, r.text
@@ -180,7 +169,7 @@ async def new_session(env: Env, headers: dict[str, str], agent: str) -> str:
 
 
 async def resolve(env: Env, headers: dict[str, str], agent: str, session_id: str) -> str:
-    r = await env.client.post("/v1/resolve", json=carp("resolve", agent, session_id), headers=headers)
+    r = await env.client.post("/v1/resolve", json=carp(agent, session_id, "resolve"), headers=headers)
     assert r.status_code == 200, r.text
     resolution_id: str = r.json()["resolution_id"]
     return resolution_id

@@ -98,7 +98,7 @@ class _Guard:
 
 
 class _TooLarge(Exception):
-    pass
+    """The body grew past the limit while it streamed in."""
 
 
 def _served(endpoint: Callable[[Request], Awaitable[Response]]) -> ASGIApp:
