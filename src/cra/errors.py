@@ -14,6 +14,7 @@ HTTP statuses: entry points map these classes in one place each.
     ├── ChainError           a hash chain that does not verify (kind + index)
     ├── ProofError           a Merkle proof, signed note, checkpoint or bundle that does not verify
     ├── UnavailableError     a dependency that cannot answer (counters, cache): the call is refused
+    ├── SandboxError         a sandbox that cannot be built or started (never the code it runs)
     ├── LedgerError          a ledger operation its stored state does not allow
     │   └── LedgerConflict   an append that lost a race with another writer
     └── RuntimeStateError    a call that the runtime's state does not allow
@@ -42,6 +43,7 @@ __all__ = [
     "ProtocolError",
     "ResolutionError",
     "RuntimeStateError",
+    "SandboxError",
     "SessionError",
     "TraceError",
     "UnavailableError",
@@ -136,6 +138,13 @@ class UnavailableError(CRAError):
     was needed for is refused, and nothing the call did so far is kept."""
 
     code = "unavailable"
+
+
+class SandboxError(CRAError):
+    """A sandbox that cannot be built, loaded or started. What the code inside it does,
+    however it ends, is a result, never this error."""
+
+    code = "sandbox_error"
 
 
 class LedgerError(CRAError):

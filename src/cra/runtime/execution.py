@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+
+from cra.errors import ValidationError
 
 from cra.protocol.canonical import canonical_json, sha256_hex
 from cra.protocol.carp import CARP_VERSION
@@ -14,10 +16,29 @@ from cra.runtime.loaded import LoadedAtlas
 from cra.runtime.ports import Clock
 from cra.trace.event import format_timestamp
 
-__all__ = ["Executor", "Outcome", "ResponseBuilder", "invoke"]
+__all__ = ["Executor", "Outcome", "Reported", "ResponseBuilder", "invoke"]
 
 #: A host function that performs an action: it takes the call's arguments.
+#: It returns the result, or a :class:`Reported` result with facts for the trace.
 Executor = Callable[[dict[str, Any]], Any]
+
+#: Keys of the ``action.executed`` and ``action.failed`` payloads that facts may not replace.
+_PAYLOAD_KEYS = frozenset(
+    {"action_id", "execution_id", "resolution_id", "duration_ms", "result_hash", "error_code", "error_message"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """An executor's result with facts for its trace event, added to the event's payload."""
+
+    result: Any
+    trace: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        clash = _PAYLOAD_KEYS.intersection(self.trace)
+        if clash:
+            raise ValueError(f"trace facts may not replace the payload's {', '.join(sorted(clash))}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +50,8 @@ class Outcome:
     result_hash: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    #: Facts the executor reported for the trace event (JSON, canonicalised).
+    trace: Mapping[str, Any] = field(default_factory=dict)
 
 
 def invoke(executor: Executor, arguments_json: str, loaded: LoadedAtlas, action_id: str, clock: Clock) -> Outcome:
@@ -45,8 +68,18 @@ def invoke(executor: Executor, arguments_json: str, loaded: LoadedAtlas, action_
 
     try:
         value = executor(json.loads(arguments_json))
+    except ValidationError as exc:
+        return Outcome(took(), error_code="invalid_arguments", error_message=str(exc)[:1000])
     except Exception as exc:  # noqa: BLE001 - executors are the host's code; any failure is recorded, not raised
         return Outcome(took(), error_code="executor_error", error_message=_describe(exc))
+    trace: dict[str, Any] = {}
+    if isinstance(value, Reported):
+        try:
+            trace = json.loads(canonical_json(dict(value.trace)))
+        except (TypeError, ValueError, RecursionError) as exc:
+            message = f"the executor reported trace facts that are not JSON: {exc}"[:1000]
+            return Outcome(took(), error_code="invalid_result", error_message=message)
+        value = value.result
     result = value if isinstance(value, dict) else {"value": value}
     try:
         result_json = canonical_json(result)
@@ -59,7 +92,7 @@ def invoke(executor: Executor, arguments_json: str, loaded: LoadedAtlas, action_
         path, why = problem
         message = f"the result breaks the action's returns_schema at {path or '/'}: {why}"[:1000]
         return Outcome(took(), error_code="invalid_result", error_message=message)
-    return Outcome(took(), result=result, result_hash=sha256_hex(result_json))
+    return Outcome(took(), result=result, result_hash=sha256_hex(result_json), trace=trace)
 
 
 def _describe(exc: BaseException) -> str:

@@ -674,6 +674,7 @@ class Resolver:
                     "resolution_id": ex.resolution_id,
                     "duration_ms": outcome.duration_ms,
                     "result_hash": outcome.result_hash,
+                    **outcome.trace,
                 },
             )
             done = call.response.done("success", result=outcome.result)

@@ -1,0 +1,268 @@
+"""The guest side of CRA's sandbox: runs one script inside CPython compiled to WebAssembly.
+
+componentize-py imports this module once, at build time, and snapshots the
+interpreter. Every run then starts from that snapshot in a fresh instance, so
+nothing one run does is seen by the next. The host (``cra.sandbox.wasm``)
+supplies the virtual clock, the seeded randomness and the scratch directory;
+this side makes the standard library use them:
+
+* ``time.sleep``, ``select.select`` with no descriptors, and asyncio's event
+  loop advance the virtual clock through the host's ``sleep`` and return at once,
+  so sleeping cannot outlast the deadline;
+* ``os.listdir`` and ``os.scandir`` list names in sorted order, whatever order
+  the host's filesystem keeps them in;
+* stdout and stderr are buffered, because a single WASI write carries at most
+  8 KiB and an unbuffered text stream would silently drop the rest.
+
+The standard library available at run time is what is imported below, at build
+time; any other module fails to import.
+"""
+
+# The modules a script may import: everything here is in the snapshot.
+import abc
+import argparse
+import array
+import ast
+import asyncio
+import asyncio.base_events
+import base64
+import binascii
+import bisect
+import builtins
+import calendar
+import cmath
+import codecs
+import collections
+import collections.abc
+import colorsys
+import contextlib
+import copy
+import csv
+import dataclasses
+import datetime
+import decimal
+import difflib
+import encodings.idna
+import enum
+import errno
+import fnmatch
+import fractions
+import functools
+import gc
+import glob
+import graphlib
+import gzip
+import hashlib
+import heapq
+import hmac
+import html
+import html.parser
+import inspect
+import io
+import ipaddress
+import itertools
+import json
+import keyword
+import linecache
+import locale
+import logging
+import math
+import numbers
+import operator
+import os
+import pathlib
+import pprint
+import queue
+import random
+import re
+import reprlib
+import secrets
+import select
+import selectors
+import shlex
+import shutil
+import socket
+import sqlite3
+import statistics
+import string
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import textwrap
+import threading
+import time
+import tokenize
+import traceback
+import types
+import typing
+import unicodedata
+import unittest
+import urllib.parse
+import uuid
+import warnings
+import weakref
+import xml.dom.minidom
+import xml.etree.ElementTree
+import zipfile
+import zlib
+
+import wit_world
+from wit_world.imports import host
+
+_PRELOADED = (
+    abc, argparse, array, ast, asyncio, base64, binascii, bisect, calendar, cmath, codecs, collections,
+    colorsys, contextlib, copy, csv, encodings.idna, dataclasses, datetime, decimal, difflib, enum, errno, fnmatch, fractions,
+    functools, gc, glob, graphlib, gzip, hashlib, heapq, hmac, html, inspect, ipaddress, itertools, json,
+    keyword, linecache, locale, logging, math, numbers, operator, pathlib, pprint, queue, re, reprlib, secrets,
+    selectors, shlex, shutil, socket, sqlite3, statistics, string, struct, subprocess, tarfile, tempfile,
+    textwrap, threading, tokenize, types, typing, unicodedata, unittest, uuid, warnings, weakref, zipfile, zlib,
+)
+
+_WORKDIR = "/work"
+_STREAM_BUFFER = 8192  # one WASI write at most
+
+
+def _virtual_sleep(seconds: float) -> None:
+    """``time.sleep``: advance the virtual clock, with CPython's own argument checks."""
+    if not isinstance(seconds, (int, float)):
+        raise TypeError(f"'{type(seconds).__name__}' object cannot be interpreted as an integer or float")
+    if seconds != seconds:
+        raise ValueError("Invalid value NaN (not a number)")
+    if seconds < 0:
+        raise ValueError("sleep length must be non-negative")
+    host.sleep(min(int(seconds * 1_000_000_000), 2**64 - 1))
+
+
+_real_select = select.select
+
+
+def _select(rlist, wlist, xlist, timeout=None):  # type: ignore[no-untyped-def]
+    """``select.select`` with no descriptors is a sleep; with descriptors it is the real one."""
+    if not rlist and not wlist and not xlist:
+        if timeout is None:
+            raise OSError(errno.EINVAL, "select() with nothing to wait for and no timeout would block forever")
+        _virtual_sleep(timeout)
+        return [], [], []
+    return _real_select(rlist, wlist, xlist, timeout)
+
+
+class _VirtualSelector:
+    """The selector of :class:`_VirtualLoop`: it has no descriptors, so waiting is sleeping."""
+
+    def select(self, timeout=None):  # type: ignore[no-untyped-def]
+        if timeout is None:
+            raise RuntimeError("the event loop would wait forever: nothing is scheduled")
+        if timeout > 0:
+            _virtual_sleep(timeout)
+        return []
+
+    def close(self) -> None:
+        return None
+
+
+class _VirtualLoop(asyncio.base_events.BaseEventLoop):
+    """An asyncio loop on the virtual clock, without the self-pipe WASI cannot make."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._selector = _VirtualSelector()
+
+    def _process_events(self, event_list):  # type: ignore[no-untyped-def]
+        return None
+
+    def _write_to_self(self) -> None:
+        return None
+
+    def close(self) -> None:
+        super().close()
+        self._selector.close()
+
+
+_real_listdir = os.listdir
+_real_scandir = os.scandir
+
+
+def _listdir(path="."):  # type: ignore[no-untyped-def]
+    return sorted(_real_listdir(path))
+
+
+class _SortedScandir:
+    """``os.scandir``'s iterator and context manager, in name order."""
+
+    def __init__(self, entries: list) -> None:  # type: ignore[type-arg]
+        self._entries = iter(entries)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __next__(self):  # type: ignore[no-untyped-def]
+        return next(self._entries)
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._entries = iter(())
+
+
+def _scandir(path="."):  # type: ignore[no-untyped-def]
+    with _real_scandir(path) as entries:
+        return _SortedScandir(sorted(entries, key=lambda entry: entry.name))
+
+
+time.sleep = _virtual_sleep
+select.select = _select
+asyncio.events.new_event_loop = _VirtualLoop
+asyncio.new_event_loop = _VirtualLoop
+os.listdir = _listdir
+os.scandir = _scandir
+
+
+def _stream(fd: int) -> io.TextIOWrapper:
+    raw = io.FileIO(fd, "w", closefd=False)
+    return io.TextIOWrapper(io.BufferedWriter(raw, _STREAM_BUFFER), encoding="utf-8", errors="backslashreplace")
+
+
+def _exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int) and not isinstance(code, bool):
+        return max(-(2**31), min(code, 2**31 - 1))
+    print(code, file=sys.stderr)
+    return 1
+
+
+class WitWorld(wit_world.WitWorld):
+    def run(self, code: str, filename: str) -> wit_world.Outcome:
+        streams = (_stream(1), _stream(2))
+        sys.stdout = sys.__stdout__ = streams[0]
+        sys.stderr = sys.__stderr__ = streams[1]
+        sys.argv = [filename]
+        random.seed(os.urandom(32))
+        exit_code, exception = 0, None
+        try:
+            os.chdir(_WORKDIR)
+            namespace = {"__name__": "__main__", "__file__": filename, "__builtins__": builtins}
+            exec(compile(code, filename, "exec"), namespace)  # noqa: S102 - running the script is the point
+        except SystemExit as exc:
+            exit_code = _exit_code(exc)
+        except BaseException as exc:  # noqa: BLE001 - the script's every failure is reported, never raised
+            exit_code, exception = 1, type(exc).__name__
+            try:
+                # The first frame is this function's; the script's own frames follow it.
+                traceback.print_exception(exc.with_traceback(exc.__traceback__.tb_next if exc.__traceback__ else None))
+            except BaseException:  # noqa: BLE001, S110 - a traceback that cannot print must not abort the runtime
+                pass
+        finally:
+            for stream in streams:
+                try:
+                    stream.flush()
+                except BaseException:  # noqa: BLE001, S110 - output that cannot be flushed is lost, not fatal
+                    pass
+        return wit_world.Outcome(exit_code=exit_code, exception=exception)
