@@ -27,3 +27,13 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def cra10(shared: Path) -> Path:
     return shared / "conformance" / "cra-1.0"
+
+
+@pytest.fixture(scope="session")
+def wasm_sandbox():  # type: ignore[no-untyped-def]
+    """One real WebAssembly sandbox for the session, built into the user's cache on first use."""
+    from cra.sandbox import WasmSandbox
+
+    sandbox = WasmSandbox()
+    sandbox.prepare()
+    return sandbox

@@ -26,7 +26,7 @@ def fail(error: CRAError | str, *, as_json: bool = False, code: int = EXIT_INVAL
     if as_json:
         detail: dict[str, Any] = {"error": getattr(error, "code", "error"), "message": message}
         for attr in ("path", "reason", "source", "line", "kind", "index"):
-            if hasattr(error, attr):
+            if isinstance(error, CRAError) and hasattr(error, attr):
                 detail[attr] = getattr(error, attr)
         print_json(detail)
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)

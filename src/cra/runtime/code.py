@@ -20,8 +20,8 @@ from cra.protocol.canonical import canonical_json, sha256_hex
 from cra.runtime.execution import Reported
 
 __all__ = [
-    "CODE_EXECUTE",
     "CEILING",
+    "CODE_EXECUTE",
     "REASONS",
     "CodeExecutor",
     "CodeResult",
@@ -68,7 +68,9 @@ class Limits:
         known = {f.name for f in fields(cls)}
         for key in value:
             if key not in known:
-                raise ValidationError(json_pointer([*_parts(path), key]), f"unknown limit; known: {', '.join(sorted(known))}")
+                raise ValidationError(
+                    json_pointer([*_parts(path), key]), f"unknown limit; known: {', '.join(sorted(known))}"
+                )
         merged = (base or cls()).to_json() | value
         for name, raw in merged.items():
             integral = name in ("memory_mb", "fuel", "output_bytes", "files_bytes")
@@ -232,7 +234,9 @@ class CodeExecutor:
         limits = Limits.from_json(arguments.get("limits", {}), "/limits", base=self._defaults)
         if not limits.within(self._ceiling):
             over = [f.name for f in fields(limits) if getattr(limits, f.name) > getattr(self._ceiling, f.name)]
-            raise ValidationError(f"/limits/{over[0]}", f"exceeds this host's ceiling of {getattr(self._ceiling, over[0])}")
+            raise ValidationError(
+                f"/limits/{over[0]}", f"exceeds this host's ceiling of {getattr(self._ceiling, over[0])}"
+            )
         files_arg = arguments.get("files", {})
         if not isinstance(files_arg, dict):
             raise ValidationError("/files", "must be an object of path to base64 text")

@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 from cra.errors import ValidationError
-
 from cra.protocol.canonical import canonical_json, sha256_hex
 from cra.protocol.carp import CARP_VERSION
 from cra.runtime.loaded import LoadedAtlas

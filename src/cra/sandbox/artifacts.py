@@ -32,18 +32,13 @@ from pathlib import Path
 
 from cra.errors import SandboxError
 
-__all__ = ["GUEST_DIR", "Artifact", "ensure_artifact", "default_cache_dir"]
+__all__ = ["GUEST_DIR", "Artifact", "default_cache_dir", "ensure_artifact"]
 
 GUEST_DIR = Path(__file__).parent / "guest"
 _GUEST_FILES = ("cra_executor.py", "world.wit")
 _BUILD_TIMEOUT_S = 900
 
-_COMPONENTIZE = (
-    "import sys\n"
-    "from componentize_py import script\n"
-    "sys.argv[0] = 'componentize-py'\n"
-    "sys.exit(script())\n"
-)
+_COMPONENTIZE = "import sys\nfrom componentize_py import script\nsys.argv[0] = 'componentize-py'\nsys.exit(script())\n"
 
 
 def default_cache_dir() -> Path:
@@ -198,4 +193,4 @@ def ensure_artifact(cache_dir: Path, engine_settings: str, compile_component: Ca
             staged_record = work / "artifact.json"
             staged_record.write_text(json.dumps(record, indent=2) + "\n", "utf-8")
             os.replace(staged_record, directory / "artifact.json")
-        return Artifact(directory / "executor.cwasm", key, True, record["build_s"], record["compile_s"])
+        return Artifact(directory / "executor.cwasm", key, True, built - started, compiled - built)

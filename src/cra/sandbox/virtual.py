@@ -21,7 +21,7 @@ _RANDOM_PER_CALL = 1 << 20
 _RANDOM_PER_RUN = 64 << 20
 
 
-class StopRun(Exception):  # noqa: N818 - it is a stop order, not an error of the host
+class StopRun(Exception):
     """Raised by a host function to end the run, with the reason the result reports."""
 
     def __init__(self, reason: str, message: str) -> None:

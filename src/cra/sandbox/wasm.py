@@ -216,7 +216,8 @@ class WasmSandbox:
 
     def run(self, request: CodeRun) -> CodeResult:
         self.prepare()
-        assert self._component is not None and self._linker is not None
+        assert self._component is not None
+        assert self._linker is not None
         limits = request.limits
         state = RunState(
             fuel=limits.fuel,
@@ -241,10 +242,9 @@ class WasmSandbox:
             message=message,
         )
 
-    def _execute(
-        self, request: CodeRun, state: RunState, scratch: Scratch
-    ) -> tuple[str, int | None, str, int, float]:
-        assert self._component is not None and self._linker is not None
+    def _execute(self, request: CodeRun, state: RunState, scratch: Scratch) -> tuple[str, int | None, str, int, float]:
+        assert self._component is not None
+        assert self._linker is not None
         limits = request.limits
         store = wasmtime.Store(self._engine)
         store.set_fuel(limits.fuel)

@@ -112,12 +112,82 @@ import wit_world
 from wit_world.imports import host
 
 _PRELOADED = (
-    abc, argparse, array, ast, asyncio, base64, binascii, bisect, calendar, cmath, codecs, collections,
-    colorsys, contextlib, copy, csv, encodings.idna, dataclasses, datetime, decimal, difflib, enum, errno, fnmatch, fractions,
-    functools, gc, glob, graphlib, gzip, hashlib, heapq, hmac, html, inspect, ipaddress, itertools, json,
-    keyword, linecache, locale, logging, math, numbers, operator, pathlib, pprint, queue, re, reprlib, secrets,
-    selectors, shlex, shutil, socket, sqlite3, statistics, string, struct, subprocess, tarfile, tempfile,
-    textwrap, threading, tokenize, types, typing, unicodedata, unittest, uuid, warnings, weakref, zipfile, zlib,
+    abc,
+    argparse,
+    array,
+    ast,
+    asyncio,
+    base64,
+    binascii,
+    bisect,
+    calendar,
+    cmath,
+    codecs,
+    collections,
+    colorsys,
+    contextlib,
+    copy,
+    csv,
+    encodings.idna,
+    dataclasses,
+    datetime,
+    decimal,
+    difflib,
+    enum,
+    errno,
+    fnmatch,
+    fractions,
+    functools,
+    gc,
+    glob,
+    graphlib,
+    gzip,
+    hashlib,
+    heapq,
+    hmac,
+    html,
+    inspect,
+    ipaddress,
+    itertools,
+    json,
+    keyword,
+    linecache,
+    locale,
+    logging,
+    math,
+    numbers,
+    operator,
+    pathlib,
+    pprint,
+    queue,
+    re,
+    reprlib,
+    secrets,
+    selectors,
+    shlex,
+    shutil,
+    socket,
+    sqlite3,
+    statistics,
+    string,
+    struct,
+    subprocess,
+    tarfile,
+    tempfile,
+    textwrap,
+    threading,
+    tokenize,
+    types,
+    typing,
+    unicodedata,
+    unittest,
+    urllib,
+    uuid,
+    warnings,
+    weakref,
+    xml,
+    zipfile,
+    zlib,
 )
 
 _WORKDIR = "/work"
@@ -138,7 +208,7 @@ def _virtual_sleep(seconds: float) -> None:
 _real_select = select.select
 
 
-def _select(rlist, wlist, xlist, timeout=None):  # type: ignore[no-untyped-def]
+def _select(rlist, wlist, xlist, timeout=None):
     """``select.select`` with no descriptors is a sleep; with descriptors it is the real one."""
     if not rlist and not wlist and not xlist:
         if timeout is None:
@@ -151,7 +221,7 @@ def _select(rlist, wlist, xlist, timeout=None):  # type: ignore[no-untyped-def]
 class _VirtualSelector:
     """The selector of :class:`_VirtualLoop`: it has no descriptors, so waiting is sleeping."""
 
-    def select(self, timeout=None):  # type: ignore[no-untyped-def]
+    def select(self, timeout=None):
         if timeout is None:
             raise RuntimeError("the event loop would wait forever: nothing is scheduled")
         if timeout > 0:
@@ -169,7 +239,7 @@ class _VirtualLoop(asyncio.base_events.BaseEventLoop):
         super().__init__()
         self._selector = _VirtualSelector()
 
-    def _process_events(self, event_list):  # type: ignore[no-untyped-def]
+    def _process_events(self, event_list):
         return None
 
     def _write_to_self(self) -> None:
@@ -184,23 +254,23 @@ _real_listdir = os.listdir
 _real_scandir = os.scandir
 
 
-def _listdir(path="."):  # type: ignore[no-untyped-def]
+def _listdir(path="."):
     return sorted(_real_listdir(path))
 
 
 class _SortedScandir:
     """``os.scandir``'s iterator and context manager, in name order."""
 
-    def __init__(self, entries: list) -> None:  # type: ignore[type-arg]
+    def __init__(self, entries: list) -> None:
         self._entries = iter(entries)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         return self
 
-    def __next__(self):  # type: ignore[no-untyped-def]
+    def __next__(self):
         return next(self._entries)
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -210,7 +280,7 @@ class _SortedScandir:
         self._entries = iter(())
 
 
-def _scandir(path="."):  # type: ignore[no-untyped-def]
+def _scandir(path="."):
     with _real_scandir(path) as entries:
         return _SortedScandir(sorted(entries, key=lambda entry: entry.name))
 
@@ -254,15 +324,12 @@ class WitWorld(wit_world.WitWorld):
             exit_code = _exit_code(exc)
         except BaseException as exc:  # noqa: BLE001 - the script's every failure is reported, never raised
             exit_code, exception = 1, type(exc).__name__
-            try:
-                # The first frame is this function's; the script's own frames follow it.
+            # The first frame is this function's; the script's own frames follow it.
+            # A traceback that cannot be printed must not abort the runtime.
+            with contextlib.suppress(BaseException):
                 traceback.print_exception(exc.with_traceback(exc.__traceback__.tb_next if exc.__traceback__ else None))
-            except BaseException:  # noqa: BLE001, S110 - a traceback that cannot print must not abort the runtime
-                pass
         finally:
             for stream in streams:
-                try:
+                with contextlib.suppress(BaseException):  # output that cannot be flushed is lost, not fatal
                     stream.flush()
-                except BaseException:  # noqa: BLE001, S110 - output that cannot be flushed is lost, not fatal
-                    pass
         return wit_world.Outcome(exit_code=exit_code, exception=exception)
