@@ -130,10 +130,10 @@ def test_output_files_beyond_their_limit_are_left_out(wasm_sandbox: WasmSandbox)
 
 
 def test_runs_on_several_threads_at_once_stay_apart(wasm_sandbox: WasmSandbox) -> None:
+    code = "import random, time\ntime.sleep(1)\nprint(random.random())\n"
     results: dict[int, bytes] = {}
 
     def run(seed: int) -> None:
-        code = "import random, time\ntime.sleep(1)\nprint(random.random())\n"
         results[seed] = wasm_sandbox.run(CodeRun(code, seed=seed)).stdout
 
     threads = [threading.Thread(target=run, args=(s,)) for s in range(4)]
@@ -141,10 +141,7 @@ def test_runs_on_several_threads_at_once_stay_apart(wasm_sandbox: WasmSandbox) -
         t.start()
     for t in threads:
         t.join()
-    alone = {
-        s: wasm_sandbox.run(CodeRun("import random, time\ntime.sleep(1)\nprint(random.random())\n", seed=s)).stdout
-        for s in range(4)
-    }
+    alone = {s: wasm_sandbox.run(CodeRun(code, seed=s)).stdout for s in range(4)}
     assert results == alone
     assert len(set(results.values())) == 4
 
