@@ -206,7 +206,7 @@ def test_missing_files_are_clear_errors(tmp_path: Path) -> None:
     assert "no such file" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["customer-support", "devops", "data-analytics"])
+@pytest.mark.parametrize("name", ["customer-support", "devops", "data-analytics", "code-sandbox"])
 def test_example_atlases_validate_lint_clean_and_pass_their_tests(name: str) -> None:
     path = EXAMPLES / name
     assert cra("atlas", "validate", path).returncode == 0
