@@ -1,0 +1,147 @@
+"""``cra sandbox``, run as a real process: first use builds the sandbox, later uses load it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cra.sandbox import default_cache_dir
+
+RESULT_KEYS = {"ok", "reason", "exit_code", "stdout", "stderr", "fuel_used", "duration_ms"}
+
+
+def cra(*args: str | Path, cache: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["CRA_CACHE_DIR"] = str(cache or default_cache_dir())
+    return subprocess.run(  # noqa: S603 - the project's own command line, with test arguments
+        [sys.executable, "-m", "cra", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    path = tmp_path / "job.py"
+    path.write_text(
+        "import json, random\n"
+        "data = json.load(open('numbers.json'))\n"
+        "print(sum(data), random.randrange(10**9))\n"
+        "open('report.txt', 'w').write(f'total={sum(data)}')\n"
+    )
+    (tmp_path / "numbers.json").write_text("[1, 2, 3]")
+    return path
+
+
+def test_first_use_builds_the_sandbox_and_later_uses_load_it(tmp_path: Path, script: Path) -> None:
+    cache = tmp_path / "empty-cache"
+    built = cra("sandbox", "build", "--json", cache=cache)
+    assert built.returncode == 0, built.stderr
+    first = json.loads(built.stdout)
+    assert first["built"] is True
+    assert first["build_s"] > 0
+    assert first["compile_s"] > 0
+    assert Path(first["path"]).is_file()
+    assert oct((cache / "sandbox").stat().st_mode & 0o777) == oct(0o700)
+
+    again = json.loads(cra("sandbox", "build", "--json", cache=cache).stdout)
+    assert (again["built"], again["key"]) == (False, first["key"])
+    run = cra("sandbox", "run", script, "--input", script.parent / "numbers.json", "--json", cache=cache)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["stdout"].startswith("6 ")
+
+
+def test_a_tampered_artifact_is_rebuilt_not_loaded(tmp_path: Path, script: Path) -> None:
+    cache = tmp_path / "cache"
+    first = json.loads(cra("sandbox", "build", "--json", cache=cache).stdout)
+    artifact = Path(first["path"])
+    with open(artifact, "r+b") as handle:
+        handle.seek(4096)
+        handle.write(b"\x00" * 64)
+    again = json.loads(cra("sandbox", "build", "--json", cache=cache).stdout)
+    assert again["built"] is True
+
+
+def test_a_cache_open_to_others_is_refused(tmp_path: Path, script: Path) -> None:
+    cache = tmp_path / "shared-cache"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o777)
+    result = cra("sandbox", "run", script, cache=cache)
+    assert result.returncode == 2
+    assert "writable by others" in result.stderr
+
+
+def test_run_prints_the_result_as_json_and_writes_outputs(tmp_path: Path, script: Path) -> None:
+    out = tmp_path / "out"
+    args = ("sandbox", "run", script, "--input", script.parent / "numbers.json", "--seed", "3", "--out", out, "--json")
+    result = cra(*args)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert set(shown) >= RESULT_KEYS
+    assert (shown["ok"], shown["reason"], shown["exit_code"]) == (True, "ok", 0)
+    assert shown["files"] == ["report.txt"]
+    assert (out / "report.txt").read_text() == "total=6"
+    same = json.loads(cra(*args).stdout)
+    assert (same["stdout"], same["fuel_used"]) == (shown["stdout"], shown["fuel_used"])
+    other = json.loads(cra(*args[:5], "--seed", "4", "--json").stdout)
+    assert other["stdout"] != shown["stdout"]
+
+
+def test_plain_output_passes_stdout_and_stderr_through(tmp_path: Path) -> None:
+    path = tmp_path / "talk.py"
+    path.write_text("import sys\nprint('out')\nprint('err', file=sys.stderr)\n")
+    result = cra("sandbox", "run", path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "out\n", "err\n")
+
+
+@pytest.mark.parametrize(
+    ("code", "options", "reason"),
+    [
+        ("while True: pass\n", ("--timeout", "0.3", "--fuel", "10000000000000"), "timeout"),
+        ("while True: pass\n", ("--fuel", "1000000"), "out_of_fuel"),
+        ("x = bytearray(10**9)\n", ("--memory", "64"), "memory"),
+        ("raise SystemExit(5)\n", (), "exit_code"),
+    ],
+)
+def test_a_run_that_fails_exits_non_zero_and_says_why(
+    tmp_path: Path, code: str, options: tuple[str, ...], reason: str
+) -> None:
+    path = tmp_path / "bad.py"
+    path.write_text(code)
+    result = cra("sandbox", "run", path, *options, "--json")
+    assert result.returncode == 1
+    shown = json.loads(result.stdout)
+    assert (shown["ok"], shown["reason"]) == (False, reason)
+    plain = cra("sandbox", "run", path, *options)
+    assert plain.returncode == 1
+    assert f"sandbox: {reason}" in plain.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--timeout", "0"), "--timeout: must be between"),
+        (("--memory", "0"), "--memory: must be between"),
+        (("--fuel", "-5"), "--fuel: must be between"),
+        (("--seed", "-1"), "--seed: must be an integer"),
+        (("--input", "/nonexistent/file"), "no such file or directory"),
+    ],
+)
+def test_bad_options_are_clear_errors(script: Path, options: tuple[str, ...], message: str) -> None:
+    result = cra("sandbox", "run", script, *options, "--json")
+    assert result.returncode == 2
+    assert message in json.loads(result.stdout)["message"]
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = cra("sandbox", "run", tmp_path / "nope.py")
+    assert result.returncode == 2
+    assert "nope.py" in result.stderr
