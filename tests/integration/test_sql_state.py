@@ -27,10 +27,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from cra.errors import ConflictError
-from cra.ledger.attestation import AtlasRef
+from cra.protocol.atlas import AtlasRef
 from cra.runtime.approvals import Approval
-from cra.runtime.ledger import AttestationClaim
-from cra.runtime.records import AtlasRecord, IdempotentCall, ResolutionRecord, Session, SnapshotKeys
+from cra.runtime.records import AtlasRecord, AttestationClaim, IdempotentCall, ResolutionRecord, Session, SnapshotKeys
 from cra.runtime.workspace import Changes, Snapshot, Workspace
 from cra.store.database import alembic_config, open_state
 from cra.store.state import ApiKeyRecord, SqlState

@@ -26,21 +26,13 @@ from cra.ledger.checkpoint import Checkpoint
 from cra.ledger.merkle import HASH_SIZE, leaf_hash
 from cra.ledger.note import NoteSigner, NoteVerifier, open_note, sign_note
 from cra.ledger.tlog_proof import TlogProof, verify_tlog_proof
+from cra.protocol.atlas import AtlasRef
 
 __all__ = ["HEADER", "AtlasRef", "Attestation", "open_attestation", "verify_attestation"]
 
 HEADER = "cra.dev/attestation/v1"
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _DECISIONS = frozenset({"allow", "deny", "requires_approval", "partial"})
-
-
-@dataclass(frozen=True, slots=True)
-class AtlasRef:
-    """The atlas a decision was made under: id, version and package digest."""
-
-    atlas_id: str
-    version: str
-    digest: str
 
 
 @dataclass(frozen=True, slots=True)

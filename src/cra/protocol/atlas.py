@@ -29,6 +29,7 @@ __all__ = [
     "RISK_TIERS",
     "ActionSpec",
     "Atlas",
+    "AtlasRef",
     "CapabilitySpec",
     "ContextPackSpec",
     "PolicySpec",
@@ -116,6 +117,15 @@ class ContextPackSpec:
     keywords: tuple[str, ...] = ()
     always: bool = False
     index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AtlasRef:
+    """The atlas a decision was made under: id, version and package digest."""
+
+    atlas_id: str
+    version: str
+    digest: str
 
 
 @dataclass(frozen=True, slots=True)

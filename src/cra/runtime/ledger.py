@@ -17,10 +17,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from cra.errors import LedgerConflict, LedgerError, NotFoundError, ProofError
-from cra.ledger.attestation import AtlasRef, Attestation
+from cra.ledger.attestation import Attestation
 from cra.ledger.bundle import Bundle, BundleEntry, ConsistencyProof
 from cra.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from cra.ledger.merkle import CompactRange, Plan, assemble, consistency_plan, inclusion_plan, leaf_hash
@@ -28,22 +27,13 @@ from cra.ledger.note import NoteSigner, NoteVerifier
 from cra.ledger.tlog_proof import TlogProof
 from cra.runtime.clock import SystemClock
 from cra.runtime.ports import Clock, LedgerEntry, LedgerStore, StoredAttestation
+from cra.runtime.records import AttestationClaim
 from cra.trace.event import TraceEvent
 from cra.trace.jsonl import dumps_event
 
-__all__ = ["AttestationClaim", "AuditLedger", "AuditReport", "Evidence", "entry_of"]
+__all__ = ["AuditLedger", "AuditReport", "Evidence", "entry_of"]
 
 _RETRIES = 5
-
-
-class AttestationClaim(NamedTuple):
-    """What the runtime asks the ledger to attest about one decision event."""
-
-    event: TraceEvent
-    decision: str
-    action_id: str | None
-    input_hash: str
-    atlases: tuple[AtlasRef, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,9 @@ from cra.trace.event import TraceEvent
 
 if TYPE_CHECKING:
     from cra.runtime.approvals import Approval
-    from cra.runtime.ledger import AttestationClaim
     from cra.runtime.records import (
         AtlasRecord,
+        AttestationClaim,
         DecisionQuery,
         DecisionRecord,
         IdempotentCall,

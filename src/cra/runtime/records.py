@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
+
+from cra.protocol.atlas import AtlasRef
+from cra.trace.event import TraceEvent
 
 __all__ = [
     "AtlasRecord",
+    "AttestationClaim",
     "DecisionQuery",
     "DecisionRecord",
     "IdempotentCall",
@@ -16,6 +20,16 @@ __all__ = [
     "Session",
     "SnapshotKeys",
 ]
+
+
+class AttestationClaim(NamedTuple):
+    """What the runtime asks the ledger to attest about one decision event."""
+
+    event: TraceEvent
+    decision: str
+    action_id: str | None
+    input_hash: str
+    atlases: tuple[AtlasRef, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,11 +31,10 @@ from cra.errors import (
     ResolutionError,
     SessionError,
 )
-from cra.ledger.attestation import AtlasRef
 from cra.policy.compiler import CompiledPolicy
 from cra.policy.decision import Decision, Effect, EvalRequest, limit_exceeded
 from cra.policy.resolve import DEFAULT_DENY_ID, evaluate_actions, policy_event_payload
-from cra.protocol.atlas import Atlas
+from cra.protocol.atlas import Atlas, AtlasRef
 from cra.protocol.canonical import canonical_json, sha256_hex
 from cra.protocol.carp import CARP_VERSION, CarpRequest, parse_carp_request, parse_timestamp
 from cra.runtime.approvals import Approval, ApprovalTicket, issue_ticket, read_ticket
@@ -43,7 +42,6 @@ from cra.runtime.atlas_files import AtlasSource, load_atlas
 from cra.runtime.clock import SystemClock
 from cra.runtime.execution import Executor, Outcome, ResponseBuilder, invoke
 from cra.runtime.ids import SystemIds
-from cra.runtime.ledger import AttestationClaim
 from cra.runtime.loaded import LoadedAtlas, prepare
 from cra.runtime.memory import (
     HmacSigner,
@@ -67,7 +65,7 @@ from cra.runtime.ports import (
     TraceSink,
 )
 from cra.runtime.recorder import SpanRecorder
-from cra.runtime.records import IdempotentCall, ResolutionRecord, Session
+from cra.runtime.records import AttestationClaim, IdempotentCall, ResolutionRecord, Session
 from cra.trace.chain import verify_chain
 from cra.trace.event import TraceEvent, format_timestamp
 from cra.trace.jsonl import copy_event

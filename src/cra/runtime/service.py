@@ -50,10 +50,10 @@ from cra.runtime.clock import SystemClock
 from cra.runtime.engine import Engine
 from cra.runtime.execution import Executor, Outcome
 from cra.runtime.ids import SystemIds
-from cra.runtime.ledger import AttestationClaim, AuditLedger
+from cra.runtime.ledger import AuditLedger
 from cra.runtime.memory import MemoryCounters
 from cra.runtime.ports import AtlasDigests, Clock, CounterStore, IdSource, Signer, StateStore
-from cra.runtime.records import AtlasRecord, DecisionQuery, DecisionRecord, Session, SnapshotKeys
+from cra.runtime.records import AtlasRecord, AttestationClaim, DecisionQuery, DecisionRecord, Session, SnapshotKeys
 from cra.runtime.resolver import PendingCall, Resolver
 from cra.runtime.workspace import Changes, Workspace
 from cra.trace.chain import ChainReport, check_chain

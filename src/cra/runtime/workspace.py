@@ -21,8 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cra.runtime.approvals import Approval
-from cra.runtime.ledger import AttestationClaim
-from cra.runtime.records import IdempotentCall, ResolutionRecord, Session
+from cra.runtime.records import AttestationClaim, IdempotentCall, ResolutionRecord, Session
 from cra.trace.event import TraceEvent
 
 __all__ = ["Changes", "Snapshot", "Workspace"]

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from cra.ledger.attestation import AtlasRef
+from cra.protocol.atlas import AtlasRef
 from cra.protocol.canonical import canonical_json
 from cra.protocol.carp import parse_timestamp
 from cra.runtime.approvals import Approval
-from cra.runtime.ledger import AttestationClaim
-from cra.runtime.records import IdempotentCall, ResolutionRecord, Session
+from cra.runtime.records import AttestationClaim, IdempotentCall, ResolutionRecord, Session
 from cra.trace.event import TraceEvent, format_timestamp
 from cra.trace.jsonl import event_from_dict
 

@@ -22,8 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cra.errors import ConflictError
 from cra.runtime.approvals import Approval
-from cra.runtime.ledger import AttestationClaim
-from cra.runtime.records import AtlasRecord, DecisionQuery, DecisionRecord, Session, SnapshotKeys
+from cra.runtime.records import AtlasRecord, AttestationClaim, DecisionQuery, DecisionRecord, Session, SnapshotKeys
 from cra.runtime.workspace import Changes, Snapshot
 from cra.store import _codec as codec
 from cra.store.tables import (
