@@ -145,3 +145,14 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     result = cra("sandbox", "run", tmp_path / "nope.py")
     assert result.returncode == 2
     assert "nope.py" in result.stderr
+
+
+def test_build_wasm_writes_the_engine_component(tmp_path: Path) -> None:
+    out = tmp_path / "dist" / "cra-engine.wasm"
+    result = cra("build-wasm", "--out", out, "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["path"] == str(out)
+    assert shown["size_bytes"] == out.stat().st_size
+    assert out.read_bytes()[:4] == b"\x00asm"
+    assert "cra.runtime.portable" in shown["modules"]

@@ -26,7 +26,7 @@ from cra.trace.replay import replay
 
 from ._ledger import keys_app, ledger_app, verify
 from ._output import EXIT_INVALID, EXIT_NEGATIVE, fail, print_json
-from ._sandbox import sandbox_app
+from ._sandbox import build_wasm, sandbox_app
 from ._serve import apikey_app, serve
 
 app = typer.Typer(
@@ -46,6 +46,7 @@ app.command("verify")(verify)
 app.command("serve")(serve)
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(sandbox_app, name="sandbox")
+app.command("build-wasm")(build_wasm)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 AtlasArg = Annotated[Path, typer.Argument(help="An atlas package directory or a single atlas JSON file.")]

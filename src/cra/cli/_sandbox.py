@@ -1,4 +1,4 @@
-"""``cra sandbox``: run a Python file in the WebAssembly sandbox, or build the sandbox ahead of time."""
+"""``cra sandbox`` runs a Python file in the WebAssembly sandbox; ``cra build-wasm`` packages the engine."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 from cra.errors import SandboxError, ValidationError
 from cra.runtime.code import CodeRun, Limits, check_file_path
 from cra.sandbox import WasmSandbox
+from cra.sandbox.engine_component import build_engine
 
 from ._output import EXIT_NEGATIVE, fail, print_json
 
@@ -132,3 +133,26 @@ def sandbox_build(
         typer.echo(f"built {artifact.path} (componentize {artifact.build_s:.1f} s, compile {artifact.compile_s:.1f} s)")
     else:
         typer.echo(f"up to date: {artifact.path}")
+
+
+def build_wasm(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the component.")] = Path("cra-engine.wasm"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was built as JSON.")] = False,
+) -> None:
+    """Package CRA's engine as a WebAssembly component exporting evaluate and resolve over JSON."""
+    try:
+        built = build_engine(out)
+    except SandboxError as exc:
+        fail(exc, as_json=as_json)
+    shown = {
+        "path": str(built.path),
+        "size_bytes": built.size_bytes,
+        "build_s": round(built.build_s, 2),
+        "modules": list(built.modules),
+        "exports": ["evaluate", "resolve"],
+    }
+    if as_json:
+        print_json(shown)
+    else:
+        size = built.size_bytes / (1 << 20)
+        typer.echo(f"built {built.path} ({size:.1f} MiB, {len(built.modules)} modules, {built.build_s:.1f} s)")

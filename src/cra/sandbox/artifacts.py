@@ -119,40 +119,31 @@ def _verified(directory: Path, key: str) -> Path | None:
     return compiled
 
 
-def _componentize(work: Path) -> Path:
-    """Run componentize-py on a copy of the guest; returns the component's path."""
+def componentize(source: Path, wit: Path, world: str, app: str, output: Path) -> None:
+    """Run componentize-py: the module ``app`` in ``source`` (its only Python path) for ``world``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    command = [sys.executable, "-c", _COMPONENTIZE, "-q", "-d", str(wit), "-w", world]
+    command += ["componentize", app, "-p", str(source), "-o", str(output)]
+    try:
+        done = subprocess.run(  # noqa: S603 - a fixed command line of our own
+            command, cwd=source.parent, env=env, capture_output=True, timeout=_BUILD_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SandboxError(f"componentize-py could not build {app}: {exc}") from None
+    if done.returncode != 0 or not output.is_file():
+        tail = (done.stderr or done.stdout).decode("utf-8", "replace")[-2000:]
+        raise SandboxError(f"componentize-py failed on {app} (exit {done.returncode}): {tail}")
+
+
+def _componentize_executor(work: Path) -> Path:
+    """Build the sandbox's executor from a copy of the guest; returns the component's path."""
     source = work / "guest"
     source.mkdir()
     for name in _GUEST_FILES:
         shutil.copyfile(GUEST_DIR / name, source / name)
     output = work / "executor.wasm"
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    command = [
-        sys.executable,
-        "-c",
-        _COMPONENTIZE,
-        "-q",
-        "-d",
-        str(source / "world.wit"),
-        "-w",
-        "executor",
-        "componentize",
-        "cra_executor",
-        "-p",
-        str(source),
-        "-o",
-        str(output),
-    ]
-    try:
-        done = subprocess.run(  # noqa: S603 - a fixed command line of our own
-            command, cwd=work, env=env, capture_output=True, timeout=_BUILD_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SandboxError(f"componentize-py could not build the sandbox: {exc}") from None
-    if done.returncode != 0 or not output.is_file():
-        tail = (done.stderr or done.stdout).decode("utf-8", "replace")[-2000:]
-        raise SandboxError(f"componentize-py failed (exit {done.returncode}): {tail}")
+    componentize(source, source / "world.wit", "executor", "cra_executor", output)
     return output
 
 
@@ -175,7 +166,7 @@ def ensure_artifact(cache_dir: Path, engine_settings: str, compile_component: Ca
         with tempfile.TemporaryDirectory(prefix="build-", dir=directory) as work_name:
             work = Path(work_name)
             started = time.perf_counter()
-            wasm = _componentize(work)
+            wasm = _componentize_executor(work)
             built = time.perf_counter()
             compiled_bytes = compile_component(wasm)
             compiled = time.perf_counter()
