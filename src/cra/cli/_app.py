@@ -26,7 +26,7 @@ from cra.trace.replay import replay
 
 from ._ledger import keys_app, ledger_app, verify
 from ._output import EXIT_INVALID, EXIT_NEGATIVE, fail, print_json
-from ._sandbox import build_wasm, sandbox_app
+from ._sandbox import build_wasm, policy_modules, sandbox_app
 from ._serve import apikey_app, serve
 
 app = typer.Typer(
@@ -97,7 +97,9 @@ def _trace(path: Path, *, as_json: bool) -> list[TraceEvent]:
 def atlas_validate(path: AtlasArg, as_json: JsonFlag = False) -> None:
     """Check that an atlas loads and compiles: schema, references, files, policies."""
     try:
-        atlas = Resolver().load_atlas(path)  # the full load: schema, references, policies, context, parameter schemas
+        atlas = Resolver(modules=policy_modules).load_atlas(
+            path
+        )  # the full load: schema, references, policies, context, parameter schemas
     except CRAError as exc:
         if as_json:
             print_json(
@@ -123,7 +125,7 @@ def atlas_lint(path: AtlasArg, as_json: JsonFlag = False) -> None:
         atlas = load_atlas(path)
     except CRAError as exc:
         fail(exc, as_json=as_json)
-    findings = lint_atlas(atlas)
+    findings = lint_atlas(atlas, policy_modules)
     if any(f.code == "invalid" for f in findings):
         fail(f"{path}: {findings[0].path or '/'}: {findings[0].message}", as_json=as_json)
     if as_json:
@@ -142,7 +144,7 @@ def atlas_test(path: AtlasArg, as_json: JsonFlag = False) -> None:
     try:
         atlas = load_atlas(path)
         cases = load_tests(path if path.is_dir() else path.parent)
-        results = run_tests(atlas, cases)
+        results = run_tests(atlas, cases, policy_modules)
     except CRAError as exc:
         fail(exc, as_json=as_json)
     failed = [r for r in results if not r.passed]
@@ -176,7 +178,7 @@ def atlas_test(path: AtlasArg, as_json: JsonFlag = False) -> None:
 def atlas_show(path: AtlasArg, as_json: JsonFlag = False) -> None:
     """Summarise an atlas: actions, policies in evaluation order, context packs."""
     try:
-        engine = Engine.from_atlas(path)
+        engine = Engine.from_atlas(path, modules=policy_modules)
     except CRAError as exc:
         fail(exc, as_json=as_json)
     atlas = engine.atlas
@@ -233,7 +235,7 @@ def evaluate(
 ) -> None:
     """Decide one proposed call, or one per line of a --batch file (in order)."""
     try:
-        engine = Engine.from_atlas(atlas)
+        engine = Engine.from_atlas(atlas, modules=policy_modules)
     except CRAError as exc:
         fail(exc, as_json=as_json)
     if batch is not None:
@@ -312,7 +314,7 @@ def resolve(
     try:
         parsed = parse_carp_request(doc)
         clock = ManualClock(parse_timestamp(parsed.timestamp, "/timestamp"))
-        resolver = Resolver(clock=clock)
+        resolver = Resolver(clock=clock, modules=policy_modules)
         for a in atlas:
             resolver.load_atlas(a)
         session_id = resolver.create_session(parsed.agent_id, parsed.goal, roles=role or [])
@@ -360,7 +362,7 @@ def trace_replay(
     """Recompute every decision in a trace with an atlas. Exit 0 when all are identical."""
     events = _trace(path, as_json=as_json)
     try:
-        compiled = [Engine.from_atlas(a).compiled for a in atlas]
+        compiled = [Engine.from_atlas(a, modules=policy_modules).compiled for a in atlas]
     except CRAError as exc:
         fail(exc, as_json=as_json)
     report = replay(events, compiled)

@@ -32,6 +32,8 @@ from cra.trace.chain import check_chain
 from cra.trace.event import format_timestamp
 from cra.trace.jsonl import dumps_trace, loads_trace
 
+from ._sandbox import policy_modules
+
 __all__ = ["run_demo"]
 
 AGENT = "support-bot"
@@ -109,7 +111,7 @@ def run_demo(out: Path, atlas_path: Path | None, data_dir: Path) -> int:
     """Run the scripted session; return the exit code (0 when the trace and the proofs verify)."""
     ledger = open_ledger(data_dir, create=True)
     try:
-        return _run(Resolver(ledger=ledger), out, atlas_path, data_dir)
+        return _run(Resolver(ledger=ledger, modules=policy_modules), out, atlas_path, data_dir)
     finally:
         ledger.close()
 

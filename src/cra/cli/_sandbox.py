@@ -9,9 +9,8 @@ from typing import Annotated
 import typer
 
 from cra.errors import SandboxError, ValidationError
+from cra.policy.modules import ModuleEvaluator, ModuleLimits
 from cra.runtime.code import CodeRun, Limits, check_file_path
-from cra.sandbox import WasmSandbox
-from cra.sandbox.engine_component import build_engine
 
 from ._output import EXIT_NEGATIVE, fail, print_json
 
@@ -23,6 +22,13 @@ CacheOption = Annotated[
     Path | None,
     typer.Option("--cache-dir", help="Where the compiled sandbox is kept (default: $CRA_CACHE_DIR or ~/.cache/cra)."),
 ]
+
+
+def policy_modules(source: bytes, limits: ModuleLimits) -> ModuleEvaluator:
+    """The loader of wasm policies for every command; wasmtime is imported only when an atlas has one."""
+    from cra.sandbox.policy_module import load_policy_module
+
+    return load_policy_module(source, limits)
 
 
 def _inputs(paths: list[Path], *, as_json: bool) -> dict[str, bytes]:
@@ -87,6 +93,8 @@ def sandbox_run(
     except ValidationError as exc:
         option = {"/timeout_s": "--timeout", "/memory_mb": "--memory", "/fuel": "--fuel", "/seed": "--seed"}
         fail(f"{option.get(exc.path, exc.path)}: {exc.reason}", as_json=as_json)
+    from cra.sandbox import WasmSandbox
+
     try:
         result = WasmSandbox(cache_dir).run(request)
     except SandboxError as exc:
@@ -116,6 +124,8 @@ def sandbox_build(
     as_json: Annotated[bool, typer.Option("--json", help="Print the artifact as JSON.")] = False,
 ) -> None:
     """Build and compile the sandbox now (it is otherwise built on first use)."""
+    from cra.sandbox import WasmSandbox
+
     try:
         artifact = WasmSandbox(cache_dir).prepare()
     except SandboxError as exc:
@@ -140,6 +150,8 @@ def build_wasm(
     as_json: Annotated[bool, typer.Option("--json", help="Print what was built as JSON.")] = False,
 ) -> None:
     """Package CRA's engine as a WebAssembly component exporting evaluate and resolve over JSON."""
+    from cra.sandbox.engine_component import build_engine
+
     try:
         built = build_engine(out)
     except SandboxError as exc:

@@ -26,6 +26,7 @@ from cra.policy.conditions import (
     tri_name,
 )
 from cra.policy.decision import ApprovalRequirement, Charge, Decision, Effect, EvalRequest, Step
+from cra.policy.modules import ModuleEvaluator, ModuleLimits, ModuleLoader, module_request
 from cra.protocol.atlas import RISK_TIERS, ActionSpec, Atlas
 
 __all__ = ["PHASES", "CompiledPolicy", "Rule", "compile_atlas"]
@@ -42,7 +43,12 @@ _ALLOWED_PARAMETERS: Final = {
     "require_approval": {"reason", "approver_roles", "ticket_ttl_seconds"},
     "rate_limit": {"reason", "max_calls", "window_seconds", "scope"},
     "budget": {"reason", "param", "limit", "window_seconds", "scope"},
+    "wasm": {"reason", "module", "fuel", "memory_mb"},
 }
+#: The phase each policy type is evaluated in: a wasm policy may only deny.
+_PHASE_OF: Final = {**{p: p for p in PHASES}, "wasm": "deny"}
+_MODULE_FUEL: Final = (1_000_000, 1_000_000_000)  # default and most
+_MODULE_MEMORY_MB: Final = (16, 256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,7 @@ class Rule:
     param: str | None = None
     implicit: bool = False
     matchers: tuple[Callable[[str], bool], ...] = ()
+    module: ModuleEvaluator | None = None
 
     def applies_to(self, action: str) -> bool:
         """Whether one of the rule's patterns matches ``action`` (no patterns: every action)."""
@@ -121,7 +128,7 @@ class CompiledPolicy:
         by: dict[str, list[Rule]] = {p: [] for p in PHASES}
         for rule in self.rules:
             if rule.applies_to(action):
-                by[rule.type].append(rule)
+                by[_PHASE_OF[rule.type]].append(rule)
         return _ActionRules(
             deny=_order(by["deny"]),
             approval=_order(by["require_approval"]),
@@ -173,16 +180,31 @@ class CompiledPolicy:
 
         for rule in ar.deny:
             r = rule.match(req)
+            if r == TRUE and rule.module is not None:
+                if resolving:  # the module reads the arguments, which are not known yet
+                    r = DEFERRED
+                else:
+                    answer = rule.module(module_request(req))
+                    if not answer.allow:
+                        if steps is not None:
+                            steps.append(Step(rule.policy_id, "wasm", "decides", answer.reason))
+                        code = "module_deny" if answer.failure is None else "module_failure"
+                        return self._decision(req, Effect.DENY, rule.policy_id, code, answer.reason)
+                    if steps is not None:
+                        steps.append(
+                            Step(rule.policy_id, "wasm", "not_applicable", f"the module allows: {answer.reason}")
+                        )
+                    continue
             if r == FALSE:
                 if steps is not None:
-                    steps.append(Step(rule.policy_id, "deny", "not_applicable", rule.describe(req)))
+                    steps.append(Step(rule.policy_id, rule.type, "not_applicable", rule.describe(req)))
             elif r == DEFERRED:
                 constraints = _add(constraints, rule.policy_id)
                 if steps is not None:
-                    steps.append(Step(rule.policy_id, "deny", "deferred", rule.describe(req)))
+                    steps.append(Step(rule.policy_id, rule.type, "deferred", rule.describe(req)))
             else:
                 if steps is not None:
-                    steps.append(Step(rule.policy_id, "deny", "decides", rule.describe(req)))
+                    steps.append(Step(rule.policy_id, rule.type, "decides", rule.describe(req)))
                 if r == UNKNOWN:
                     return self._decision(
                         req,
@@ -355,14 +377,16 @@ def _positive_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
-def _compile_rule(atlas: Atlas, index: int, capabilities: Mapping[str, frozenset[str]]) -> Rule:
+def _compile_rule(
+    atlas: Atlas, index: int, capabilities: Mapping[str, frozenset[str]], modules: ModuleLoader | None
+) -> Rule:
     spec = atlas.policies[index]
     at = spec.path
     source = atlas.source
     if spec.type not in _ALLOWED_PARAMETERS:
         raise PolicyError(
             f"{at}/type",
-            f"policy type {spec.type!r} is not supported (supported: {', '.join(PHASES)}); "
+            f"policy type {spec.type!r} is not supported (supported: {', '.join(_PHASE_OF)}); "
             "'scope' has no defined semantics in Atlas/1.0, so CRA refuses it rather than ignore it",
             source=source,
         )
@@ -388,6 +412,7 @@ def _compile_rule(atlas: Atlas, index: int, capabilities: Mapping[str, frozenset
         "require_approval": f"Policy {spec.policy_id} requires a human approval",
         "rate_limit": f"Rate limit {spec.policy_id} exceeded",
         "budget": f"Budget {spec.policy_id} exhausted",
+        "wasm": f"Denied by the module of policy {spec.policy_id}",
     }[spec.type]
     common: dict[str, Any] = {
         "policy_id": spec.policy_id,
@@ -410,6 +435,8 @@ def _compile_rule(atlas: Atlas, index: int, capabilities: Mapping[str, frozenset
                 f"{at}/parameters/ticket_ttl_seconds", "must be an integer from 1 to 86400", source=source
             )
         common["approval"] = ApprovalRequirement(spec.policy_id, common["reason"], tuple(roles), ttl)
+    elif spec.type == "wasm":
+        common["module"] = _load_module(atlas, spec.parameters, at, modules)
     elif spec.type in ("rate_limit", "budget"):
         scope = p.get("scope", "agent")
         if scope not in _SCOPES:
@@ -438,6 +465,24 @@ def _compile_rule(atlas: Atlas, index: int, capabilities: Mapping[str, frozenset
     return Rule(**common)
 
 
+def _load_module(atlas: Atlas, p: Mapping[str, Any], at: str, modules: ModuleLoader | None) -> ModuleEvaluator:
+    source = atlas.source
+    if modules is None:
+        reason = "wasm policies need a host that runs WebAssembly modules (cra.sandbox); this engine has none"
+        raise PolicyError(f"{at}/type", reason, source=source)
+    fuel = p.get("fuel", _MODULE_FUEL[0])
+    if not _positive_int(fuel) or fuel > _MODULE_FUEL[1]:
+        raise PolicyError(f"{at}/parameters/fuel", f"must be an integer from 1 to {_MODULE_FUEL[1]}", source=source)
+    memory_mb = p.get("memory_mb", _MODULE_MEMORY_MB[0])
+    if not _positive_int(memory_mb) or memory_mb > _MODULE_MEMORY_MB[1]:
+        reason = f"must be an integer from 1 to {_MODULE_MEMORY_MB[1]}"
+        raise PolicyError(f"{at}/parameters/memory_mb", reason, source=source)
+    try:
+        return modules(atlas.modules[p["module"]], ModuleLimits(fuel, memory_mb * 1024 * 1024))
+    except PolicyError as exc:
+        raise PolicyError(f"{at}/parameters/module", f"{p['module']}: {exc.reason}", source=source) from None
+
+
 def _implicit(
     atlas: Atlas, action: ActionSpec, policy_id: str, type_: str, reason: str, parameters: dict[str, Any], **extra: Any
 ) -> Rule:
@@ -457,16 +502,19 @@ def _implicit(
     )
 
 
-def compile_atlas(atlas: Atlas) -> CompiledPolicy:
+def compile_atlas(atlas: Atlas, modules: ModuleLoader | None = None) -> CompiledPolicy:
     """Compile ``atlas``. Unknown policy types, condition keys, operators and
-    parameters are :class:`~cra.errors.PolicyError`\\ s naming their JSON path."""
+    parameters are :class:`~cra.errors.PolicyError`\\ s naming their JSON path.
+
+    ``modules`` loads the WebAssembly modules of ``wasm`` policies (see
+    :mod:`cra.policy.modules`); without it such an atlas is refused."""
     if not atlas.policies:
         raise atlas.locate(
             PolicyError("/policies", "an atlas without policies would deny everything; declare at least one policy")
         )
     capabilities = {c.capability_id: frozenset(c.actions) for c in atlas.capabilities}
     try:
-        rules = [_compile_rule(atlas, i, capabilities) for i in range(len(atlas.policies))]
+        rules = [_compile_rule(atlas, i, capabilities, modules) for i in range(len(atlas.policies))]
     except PolicyError as exc:
         raise atlas.locate(exc) from None
     for action in atlas.actions:

@@ -24,6 +24,7 @@ from typing import Any
 
 from cra.errors import AtlasError
 from cra.policy.compiler import CompiledPolicy, Rule, compile_atlas
+from cra.policy.modules import ModuleLoader
 from cra.protocol.atlas import Atlas
 
 __all__ = ["Finding", "lint_atlas"]
@@ -44,10 +45,10 @@ def _path(rule: Rule) -> str:
     return f"/policies/{rule.index}"
 
 
-def lint_atlas(atlas: Atlas) -> list[Finding]:
-    """Every finding for ``atlas``, in a stable order (by path, then code)."""
+def lint_atlas(atlas: Atlas, modules: ModuleLoader | None = None) -> list[Finding]:
+    """Every finding for ``atlas``, in a stable order (by path, then code); ``modules`` loads its wasm policies."""
     try:
-        compiled = compile_atlas(atlas)
+        compiled = compile_atlas(atlas, modules)
     except AtlasError as exc:
         return [Finding("invalid", "error", exc.path, exc.reason)]
     findings: list[Finding] = []

@@ -35,6 +35,7 @@ _CONSTRAINT_TYPE: Final = {
     "require_approval": "require_approval",
     "deny": "scope",
     "allow": "scope",
+    "wasm": "scope",  # a module that may deny once the arguments are known
 }
 
 

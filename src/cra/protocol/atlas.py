@@ -144,6 +144,8 @@ class Atlas:
     files: Mapping[str, str]
     digest: str
     source: str | None = None
+    #: The WebAssembly modules of ``wasm`` policies, by package path (binary or WAT text, as stored).
+    modules: Mapping[str, bytes] = field(default_factory=dict)
     #: For a package: where merged list items came from ("/policies/5" -> "policies/x.json#/1").
     origins: Mapping[str, str] = field(default_factory=dict)
     #: What errors about the manifest itself name as their source.
@@ -259,6 +261,11 @@ def parse_atlas(
                     ) from None
             used_files[path] = content
 
+    used_modules: dict[str, bytes] = {}
+    for i, p in enumerate(policies_raw):
+        if p["type"] == "wasm":
+            used_modules.update(_module_file(p, f"/policies/{i}/parameters/module", files, source))
+
     policies = tuple(
         PolicySpec(
             policy_id=p["policy_id"],
@@ -315,9 +322,10 @@ def parse_atlas(
         )
         for i, p in enumerate(packs_raw)
     )
-    digest = "sha256:" + sha256_hex(
-        canonical_json({"manifest": m, "files": {k: sha256_hex(v) for k, v in sorted(used_files.items())}})
-    )
+    hashed: dict[str, Any] = {"manifest": m, "files": {k: sha256_hex(v) for k, v in sorted(used_files.items())}}
+    if used_modules:  # atlases without modules keep the digest they always had
+        hashed["modules"] = {k: sha256_hex(v) for k, v in sorted(used_modules.items())}
+    digest = "sha256:" + sha256_hex(canonical_json(hashed))
     return Atlas(
         atlas_id=m["atlas_id"],
         version=m["version"],
@@ -329,11 +337,29 @@ def parse_atlas(
         capabilities=capabilities,
         context_packs=packs,
         files=used_files,
+        modules=used_modules,
         digest=digest,
         source=source,
         origins=dict(origins or {}),
         manifest_source=manifest_source or source,
     )
+
+
+def _module_file(
+    policy: Mapping[str, Any], pointer: str, files: Mapping[str, str | bytes], source: str | None
+) -> dict[str, bytes]:
+    """The module a ``wasm`` policy names in ``parameters.module``: a file of the package."""
+    path = policy.get("parameters", {}).get("module")
+    if not isinstance(path, str):
+        raise AtlasError(pointer, "a wasm policy names its module file here (a path inside the package)", source=source)
+    if not _safe_relative(path):
+        raise AtlasError(
+            pointer, f"module path {path!r} must be relative, normalised and inside the package", source=source
+        )
+    if path not in files:
+        raise AtlasError(pointer, f"module file {path!r} does not exist in the atlas package", source=source)
+    content = files[path]
+    return {path: content if isinstance(content, bytes) else content.encode("utf-8")}
 
 
 def _rate_limit(action: Mapping[str, Any], index: int, source: str | None) -> dict[str, int] | None:

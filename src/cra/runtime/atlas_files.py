@@ -40,12 +40,18 @@ def _read(root: Path, relative: str) -> bytes | None:
 
 
 def _referenced(manifest: Any) -> list[str]:
-    """Context file paths a (possibly malformed) manifest refers to."""
+    """Context and module file paths a (possibly malformed) manifest refers to."""
     out: list[str] = []
     packs = manifest.get("context_packs") if isinstance(manifest, dict) else None
     for pack in packs if isinstance(packs, list) else []:
         files = pack.get("files") if isinstance(pack, dict) else None
         out.extend(f for f in (files if isinstance(files, list) else []) if isinstance(f, str))
+    policies = manifest.get("policies") if isinstance(manifest, dict) else None
+    for policy in policies if isinstance(policies, list) else []:
+        parameters = policy.get("parameters") if isinstance(policy, dict) else None
+        module = parameters.get("module") if isinstance(parameters, dict) else None
+        if isinstance(module, str):
+            out.append(module)
     return out
 
 
@@ -75,11 +81,14 @@ def read_package(path: str | os.PathLike[str]) -> dict[str, bytes]:
                     reason = "not a readable file inside the package (a broken or escaping symlink, or a folder)"
                     raise AtlasError("", reason, source=str(child))
                 package[f"{section}/{child.name}"] = data
-    try:
-        manifest = parse_json(manifest_bytes, source=None, error=AtlasError)
-    except AtlasError:
-        manifest = None  # parse_package reports the precise error
-    _context_files(root, manifest, package)
+    for name, data in list(package.items()):
+        try:
+            content = parse_json(data, source=None, error=AtlasError)
+        except AtlasError:
+            continue  # parse_package reports the precise error
+        if name.startswith("policies/"):  # a policy file's wasm policies name module files too
+            content = {"policies": content if isinstance(content, list) else [content]}
+        _context_files(root, content, package)
     return package
 
 

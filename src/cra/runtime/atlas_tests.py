@@ -35,6 +35,7 @@ from typing import Any, Final
 import yaml
 
 from cra.errors import AtlasError, ProtocolError, ValidationError
+from cra.policy.modules import ModuleLoader
 from cra.protocol.atlas import Atlas
 from cra.protocol.canonical import parse_json
 from cra.protocol.carp import parse_timestamp
@@ -174,9 +175,9 @@ def load_tests(package: str | os.PathLike[str]) -> list[AtlasTestCase]:
     return cases
 
 
-def _run_case(atlas: Atlas, case: AtlasTestCase) -> CaseResult:
+def _run_case(atlas: Atlas, case: AtlasTestCase, modules: ModuleLoader | None) -> CaseResult:
     clock = ManualClock(case.now)
-    engine = Engine(atlas, counters=MemoryCounters(), clock=clock)
+    engine = Engine(atlas, counters=MemoryCounters(), clock=clock, modules=modules)
     failures: list[str] = []
     for n, (at, request, expect) in enumerate(case.steps, start=1):
         clock.set(case.now + timedelta(seconds=at))
@@ -198,6 +199,6 @@ def _run_case(atlas: Atlas, case: AtlasTestCase) -> CaseResult:
     return CaseResult(case, tuple(failures))
 
 
-def run_tests(atlas: Atlas, cases: Sequence[AtlasTestCase]) -> list[CaseResult]:
-    """Run each case against a fresh engine for ``atlas``."""
-    return [_run_case(atlas, case) for case in cases]
+def run_tests(atlas: Atlas, cases: Sequence[AtlasTestCase], modules: ModuleLoader | None = None) -> list[CaseResult]:
+    """Run each case against a fresh engine for ``atlas`` (``modules`` runs its wasm policies)."""
+    return [_run_case(atlas, case, modules) for case in cases]

@@ -9,6 +9,7 @@ from typing import Any
 from cra.errors import ProtocolError
 from cra.policy.compiler import CompiledPolicy, compile_atlas
 from cra.policy.decision import EMPTY_MAPPING, Decision, Effect, EvalRequest, limit_exceeded
+from cra.policy.modules import ModuleLoader
 from cra.protocol.atlas import Atlas
 from cra.protocol.validation import compile_validator
 from cra.runtime.atlas_files import AtlasSource, load_atlas
@@ -61,8 +62,9 @@ class Engine:
         counters: CounterStore | None = None,
         clock: Clock | None = None,
         tenant_id: str = "default",
+        modules: ModuleLoader | None = None,
     ) -> None:
-        self._compiled = compile_atlas(atlas)
+        self._compiled = compile_atlas(atlas, modules)
         self._counters: CounterStore = counters if counters is not None else MemoryCounters()
         self._clock: Clock = clock if clock is not None else SystemClock()
         self.tenant_id = tenant_id
@@ -75,9 +77,12 @@ class Engine:
         counters: CounterStore | None = None,
         clock: Clock | None = None,
         tenant_id: str = "default",
+        modules: ModuleLoader | None = None,
     ) -> Engine:
-        """Load and compile an atlas (a package directory, a JSON file, a dict or an :class:`Atlas`)."""
-        return cls(load_atlas(source), counters=counters, clock=clock, tenant_id=tenant_id)
+        """Load and compile an atlas (a package directory, a JSON file, a dict or an :class:`Atlas`).
+
+        ``modules`` loads the WebAssembly modules of ``wasm`` policies (``cra.sandbox.load_policy_module``)."""
+        return cls(load_atlas(source), counters=counters, clock=clock, tenant_id=tenant_id, modules=modules)
 
     @property
     def atlas(self) -> Atlas:

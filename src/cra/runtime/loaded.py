@@ -9,6 +9,7 @@ from typing import Any
 from cra.context.select import ContextCatalog, compile_context
 from cra.errors import AtlasError, ValidationError
 from cra.policy.compiler import CompiledPolicy, compile_atlas
+from cra.policy.modules import ModuleLoader
 from cra.protocol.atlas import Atlas
 from cra.protocol.validation import compile_validator
 
@@ -56,11 +57,13 @@ def _schemas(atlas: Atlas, field: str, schema_of: Callable[[Any], Mapping[str, A
     return out
 
 
-def prepare(atlas: Atlas) -> LoadedAtlas:
-    """Compile everything the runtime needs from ``atlas``; any problem is an AtlasError."""
+def prepare(atlas: Atlas, modules: ModuleLoader | None = None) -> LoadedAtlas:
+    """Compile everything the runtime needs from ``atlas``; any problem is an AtlasError.
+
+    ``modules`` loads the WebAssembly modules of ``wasm`` policies."""
     return LoadedAtlas(
         atlas=atlas,
-        compiled=compile_atlas(atlas),
+        compiled=compile_atlas(atlas, modules),
         catalog=compile_context(atlas),
         parameters=_schemas(atlas, "parameters_schema", lambda a: a.parameters_schema),
         results=_schemas(atlas, "returns_schema", lambda a: a.returns_schema),

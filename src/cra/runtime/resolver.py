@@ -33,6 +33,7 @@ from cra.errors import (
 )
 from cra.policy.compiler import CompiledPolicy
 from cra.policy.decision import Decision, Effect, EvalRequest, limit_exceeded
+from cra.policy.modules import ModuleLoader
 from cra.policy.resolve import DEFAULT_DENY_ID, evaluate_actions, policy_event_payload
 from cra.protocol.atlas import Atlas, AtlasRef
 from cra.protocol.canonical import canonical_json, sha256_hex
@@ -111,7 +112,9 @@ class Resolver:
         tenant_id: str = DEFAULT_TENANT,
         resolution_ttl_seconds: int = 3600,
         max_clock_skew_seconds: int = 300,
+        modules: ModuleLoader | None = None,
     ) -> None:
+        self._modules = modules
         self._clock: Clock = clock or SystemClock()
         self._ids: IdSource = ids or SystemIds()
         self._counters: CounterStore = counters or MemoryCounters()
@@ -138,7 +141,7 @@ class Resolver:
     def load_atlas(self, source: AtlasSource, *, files: Mapping[str, str | bytes] | None = None) -> Atlas:
         """Load, validate and compile an atlas; a new version replaces the old one."""
         atlas = load_atlas(source, files=files)
-        loaded = prepare(atlas)
+        loaded = prepare(atlas, self._modules)
         with self._lock:
             for other in self._loaded.values():
                 if other.atlas.atlas_id == atlas.atlas_id:

@@ -42,6 +42,7 @@ from cra.errors import (
     json_pointer,
 )
 from cra.policy.decision import Charge, Decision, LimitBreach
+from cra.policy.modules import ModuleLoader
 from cra.protocol.atlas import Atlas, parse_package
 from cra.protocol.canonical import canonical_json
 from cra.protocol.carp import CarpRequest, parse_carp_request
@@ -162,6 +163,7 @@ class GovernanceService:
         max_clock_skew_seconds: int = 300,
         atlas_refresh_seconds: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        modules: ModuleLoader | None = None,
     ) -> None:
         """``digests`` is a cache of the tenants' atlas digests shared by every process (Redis),
         invalidated when an atlas changes. Without one, this process trusts the digests it read
@@ -174,6 +176,7 @@ class GovernanceService:
         self._ids: IdSource = ids or SystemIds()
         self._counters = _Counters(counters or MemoryCounters())
         self._executors = dict(executors or {})
+        self._modules = modules
         self._ttl = resolution_ttl_seconds
         self._skew = max_clock_skew_seconds
         self._tenants: dict[str, _Tenant] = {}
@@ -212,6 +215,7 @@ class GovernanceService:
             signer=self._signer,
             ledger=ws.ledger,
             tenant_id=tenant_id,
+            modules=self._modules,
             resolution_ttl_seconds=self._ttl,
             max_clock_skew_seconds=self._skew,
         )
@@ -563,7 +567,9 @@ class GovernanceService:
         atlas = next((a for a in atlases if a.action(action) is not None), atlases[0])
         engine = tenant.engines.get(atlas.atlas_id)
         if engine is None:
-            engine = Engine(atlas, counters=self._counters, clock=self._clock, tenant_id=tenant_id)
+            engine = Engine(
+                atlas, counters=self._counters, clock=self._clock, tenant_id=tenant_id, modules=self._modules
+            )
             tenant.engines[atlas.atlas_id] = engine
         decision = engine.evaluate(action, agent, roles, risk_tier, params, context, dry_run=True)
         return atlas, decision

@@ -23,6 +23,7 @@ from cra.runtime.execution import Executor
 from cra.runtime.ledger import AuditLedger
 from cra.runtime.memory import HmacSigner
 from cra.runtime.service import GovernanceService
+from cra.sandbox.policy_module import load_policy_module
 from cra.server.auth import issue_key
 from cra.store.database import open_state, sqlite_url
 from cra.store.datadir import open_ledger
@@ -78,7 +79,10 @@ async def boot(
         raise
     signer = HmacSigner(ticket_secret(data_dir / "keys"))
     if not redis_url:
-        return Booted(GovernanceService(state, signer=signer, ledger=ledger, executors=executors), state, ledger)
+        service = GovernanceService(
+            state, signer=signer, ledger=ledger, executors=executors, modules=load_policy_module
+        )
+        return Booted(service, state, ledger)
     counters = RedisCounters.from_url(redis_url)
     client = redis.asyncio.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
     digests = RedisAtlasDigests(client)
@@ -91,7 +95,13 @@ async def boot(
         await state.close()
         raise
     service = GovernanceService(
-        state, signer=signer, ledger=ledger, executors=executors, counters=counters, digests=digests
+        state,
+        signer=signer,
+        ledger=ledger,
+        executors=executors,
+        counters=counters,
+        digests=digests,
+        modules=load_policy_module,
     )
     return Booted(service, state, ledger, counters, digests, client)
 
