@@ -54,9 +54,13 @@ class Env:
 
 @asynccontextmanager
 async def served(
-    data_dir: Path, settings: ServerSettings | None = None, executors: dict[str, Executor] | None = None
+    data_dir: Path,
+    settings: ServerSettings | None = None,
+    executors: dict[str, Executor] | None = None,
+    *,
+    sandbox: bool = False,
 ) -> AsyncIterator[Env]:
-    booted = await boot(data_dir, executors=executors)
+    booted = await boot(data_dir, executors=executors, sandbox=sandbox)
     try:
         await booted.service.start()
         app = create_app(booted.service, booted.state, settings=settings)

@@ -60,6 +60,10 @@ def serve(
     demo: Annotated[
         bool, typer.Option("--demo/--no-demo", help="Load the example atlases into tenant 'default' if it has none.")
     ] = True,
+    sandbox: Annotated[
+        bool,
+        typer.Option("--sandbox/--no-sandbox", help="Run code.execute calls in the WebAssembly sandbox."),
+    ] = True,
     max_body: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Largest request body.")] = 1_048_576,
     key_rate: Annotated[
         float, typer.Option("--key-rate", min=0, help="Requests per second per API key (0: unlimited).")
@@ -117,7 +121,7 @@ def serve(
     )
 
     async def prepare() -> Booted:
-        booted = await boot(root, database_url=database_url, redis_url=redis_url)
+        booted = await boot(root, database_url=database_url, redis_url=redis_url, sandbox=sandbox)
         try:
             token = await ensure_admin_key(booted.state)
             if token is not None:
@@ -155,7 +159,7 @@ def serve(
         asyncio.run(prepare_only())
     except CRAError as exc:
         fail(exc)
-    os.environ[CONFIG_ENV] = worker_config(root, database_url, redis_url, settings)
+    os.environ[CONFIG_ENV] = worker_config(root, database_url, redis_url, settings, sandbox=sandbox)
     typer.echo(f"CRA serving http://{host}:{port} with {workers} workers (data dir {root})", err=True)
     uvicorn.run(
         "cra.server.workers:app",

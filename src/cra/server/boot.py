@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,13 +19,13 @@ import redis.asyncio
 
 import cra
 from cra.cache import RedisAtlasDigests, RedisCounters
-from cra.errors import ConflictError
+from cra.errors import ConflictError, SandboxError
 from cra.runtime.atlas_files import read_package
 from cra.runtime.execution import Executor
 from cra.runtime.ledger import AuditLedger
 from cra.runtime.memory import HmacSigner
 from cra.runtime.service import GovernanceService
-from cra.sandbox.policy_module import load_policy_module
+from cra.sandbox import CODE_EXECUTE, CodeExecutor, WasmSandbox, load_policy_module
 from cra.server.auth import issue_key
 from cra.store.database import open_state, sqlite_url
 from cra.store.datadir import open_ledger
@@ -31,6 +33,8 @@ from cra.store.keys import ticket_secret
 from cra.store.state import SqlState
 
 __all__ = ["DEMO_ATLASES", "Booted", "boot", "ensure_admin_key", "load_atlas_dirs"]
+
+_log = logging.getLogger(__name__)
 
 #: The example atlases ``cra serve`` loads into an empty data directory (from a source checkout).
 DEMO_ATLASES = Path(cra.__file__).resolve().parents[2] / "examples" / "atlases"
@@ -63,13 +67,18 @@ async def boot(
     database_url: str | None = None,
     redis_url: str | None = None,
     executors: Mapping[str, Executor] | None = None,
+    sandbox: bool = False,
 ) -> Booted:
     """Open (creating if need be) the data directory's state, ledger and keys.
 
     With ``redis_url``, rate-limit and budget counters live in Redis, shared by every process,
     and the tenants' atlas digests are cached there and invalidated across processes.
-    ``executors`` run allowed ``execute`` calls of their actions (when CRA is embedded).
+    ``executors`` run allowed ``execute`` calls of their actions (when CRA is embedded). With
+    ``sandbox``, ``code.execute`` runs in the WebAssembly sandbox, which is made ready (built on a
+    machine's first use) in the background.
     """
+    if sandbox:
+        executors = {**_sandbox_executors(), **(executors or {})}
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     state = await open_state(database_url or sqlite_url(data_dir / "cra.sqlite3"))
     try:
@@ -104,6 +113,19 @@ async def boot(
         modules=load_policy_module,
     )
     return Booted(service, state, ledger, counters, digests, client)
+
+
+def _sandbox_executors() -> dict[str, Executor]:
+    sandbox = WasmSandbox()
+
+    def warm() -> None:
+        try:
+            sandbox.prepare()
+        except SandboxError:
+            _log.exception("the WebAssembly sandbox cannot be built; code.execute calls will fail until it can")
+
+    threading.Thread(target=warm, name="cra-sandbox-build", daemon=True).start()
+    return {CODE_EXECUTE: CodeExecutor(sandbox)}
 
 
 async def ensure_admin_key(state: SqlState) -> str | None:

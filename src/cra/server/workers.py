@@ -26,9 +26,17 @@ __all__ = ["CONFIG_ENV", "app", "worker_config"]
 CONFIG_ENV: Final = "CRA_SERVE_CONFIG"
 
 
-def worker_config(data_dir: Path, database_url: str | None, redis_url: str | None, settings: ServerSettings) -> str:
+def worker_config(
+    data_dir: Path, database_url: str | None, redis_url: str | None, settings: ServerSettings, *, sandbox: bool
+) -> str:
     return json.dumps(
-        {"data_dir": str(data_dir), "database_url": database_url, "redis_url": redis_url, "settings": asdict(settings)}
+        {
+            "data_dir": str(data_dir),
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "sandbox": sandbox,
+            "settings": asdict(settings),
+        }
     )
 
 
@@ -46,6 +54,6 @@ def app() -> FastAPI:
     data_dir, database_url, redis_url = Path(config["data_dir"]), config["database_url"], config["redis_url"]
 
     async def open_service() -> Booted:
-        return await boot(data_dir, database_url=database_url, redis_url=redis_url)
+        return await boot(data_dir, database_url=database_url, redis_url=redis_url, sandbox=config["sandbox"])
 
     return serving_app(open_service, settings=settings)
