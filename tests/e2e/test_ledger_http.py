@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,8 +23,9 @@ from typing import Any
 import httpx
 import pytest
 from tests.e2e._service import carp
+from tests.integration.conftest import POSTGRES_ENV, postgres_database
 
-from cra.errors import ProofError
+from cra.errors import LedgerError, ProofError
 from cra.ledger.attestation import open_attestation, verify_attestation
 from cra.ledger.checkpoint import checkpoint_of, open_checkpoint
 from cra.ledger.merkle import verify_consistency
@@ -33,6 +35,7 @@ from cra.runtime.service import GovernanceService
 from cra.server.app import create_app
 from cra.server.auth import issue_key
 from cra.server.boot import Booted, boot, load_atlas_dirs
+from cra.store.sql_ledger import SqlLedgerStore
 
 SUPPORT = Path(__file__).resolve().parents[2] / "examples" / "atlases" / "customer-support"
 SUPPORT_ID = "com.cra.examples.customer-support"
@@ -69,9 +72,32 @@ class Env:
         assert await load_atlas_dirs(self.booted.service, tenant, [SUPPORT]) == [SUPPORT_ID]
 
 
+@dataclass(frozen=True)
+class Where:
+    """A data directory, and the service's database when it is not the directory's SQLite file."""
+
+    data_dir: Path
+    database_url: str | None = None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
+    """Each test runs twice: the ledger in the data directory, and the ledger in PostgreSQL."""
+    if request.param == "sqlite":
+        yield Where(tmp_path)
+        return
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.fail(f"{POSTGRES_ENV} is not set; the PostgreSQL ledger cannot be tested", pytrace=False)
+    for url in postgres_database(base):
+        yield Where(tmp_path, url)
+
+
 @asynccontextmanager
-async def served(data_dir: Path) -> AsyncIterator[Env]:
-    booted = await boot(data_dir)
+async def served(where: Where | Path) -> AsyncIterator[Env]:
+    if isinstance(where, Path):
+        where = Where(where)
+    booted = await boot(where.data_dir, database_url=where.database_url)
     try:
         await booted.service.start()
         async with app_of(booted.service, booted) as client:
@@ -80,9 +106,9 @@ async def served(data_dir: Path) -> AsyncIterator[Env]:
         await booted.close()
 
 
-def run(data_dir: Path, body: Callable[[Env], Awaitable[None]]) -> None:
+def run(where: Where | Path, body: Callable[[Env], Awaitable[None]]) -> None:
     async def main() -> None:
-        async with served(data_dir) as env:
+        async with served(where) as env:
             await asyncio.wait_for(body(env), TIMEOUT)
 
     asyncio.run(main())
@@ -166,7 +192,7 @@ def flip_char(text: str, at: int) -> str:
 # -- 1. a governed session's evidence, re-verified -------------------------------------
 
 
-def test_attestations_checkpoints_and_consistency_verify_independently(tmp_path: Path) -> None:
+def test_attestations_checkpoints_and_consistency_verify_independently(where: Where) -> None:
     async def body(env: Env) -> None:
         await env.support("acme")
         agent = await env.key("acme", "agent", agent="support-bot")
@@ -279,13 +305,13 @@ def test_attestations_checkpoints_and_consistency_verify_independently(tmp_path:
         assert r.json()["proof"] == []
         verify_consistency(new.size, new.size, new.root, new.root, [])
 
-    run(tmp_path, body)
+    run(where, body)
 
 
 # -- 2. tampering: the verifiers the tests rely on can fail -------------------------
 
 
-def test_tampered_evidence_is_rejected(tmp_path: Path) -> None:
+def test_tampered_evidence_is_rejected(where: Where) -> None:
     async def body(env: Env) -> None:
         await env.support("acme")
         agent = await env.key("acme", "agent", agent="support-bot")
@@ -371,13 +397,13 @@ def test_tampered_evidence_is_rejected(tmp_path: Path) -> None:
         with pytest.raises(ProofError):
             verify_consistency(cp.size, new.size, cp.root, flip_bit(new.root), nodes)
 
-    run(tmp_path, body)
+    run(where, body)
 
 
 # -- 3. tenancy and permissions --------------------------------------------------------
 
 
-def test_other_tenants_and_other_agents_get_404(tmp_path: Path) -> None:
+def test_other_tenants_and_other_agents_get_404(where: Where) -> None:
     async def body(env: Env) -> None:
         await env.support("acme")
         await env.support("globex")
@@ -424,10 +450,10 @@ def test_other_tenants_and_other_agents_get_404(tmp_path: Path) -> None:
             problem_of(await c.get(path), 401)
         problem_of(await c.get("/v1/ledger/consistency", params={"old": 1}), 401)
 
-    run(tmp_path, body)
+    run(where, body)
 
 
-def test_bad_consistency_sizes_are_400_with_the_parameter(tmp_path: Path) -> None:
+def test_bad_consistency_sizes_are_400_with_the_parameter(where: Where) -> None:
     async def body(env: Env) -> None:
         await env.support("acme")
         agent = await env.key("acme", "agent", agent="support-bot")
@@ -455,10 +481,10 @@ def test_bad_consistency_sizes_are_400_with_the_parameter(tmp_path: Path) -> Non
             r = await c.get("/v1/ledger/consistency", params=params, headers=agent)
             problem_of(r, 400, path=path)
 
-    run(tmp_path, body)
+    run(where, body)
 
 
-def test_unknown_attestation_and_session_are_404(tmp_path: Path) -> None:
+def test_unknown_attestation_and_session_are_404(where: Where) -> None:
     async def body(env: Env) -> None:
         admin = await env.key("acme", "admin")
         c = env.client
@@ -477,7 +503,7 @@ def test_unknown_attestation_and_session_are_404(tmp_path: Path) -> None:
         started = r.json()["events"][0]["event_id"]
         problem_of(await c.get(f"/v1/attestations/{started}/verify", headers=admin), 404)
 
-    run(tmp_path, body)
+    run(where, body)
 
 
 # -- 4. no ledger ----------------------------------------------------------------------
@@ -509,3 +535,23 @@ def test_a_service_without_a_ledger_answers_503(tmp_path: Path) -> None:
             await booted.close()
 
     asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+
+
+def test_with_postgresql_the_ledger_lives_in_the_database(
+    where: Where, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    async def body(env: Env) -> None:
+        await env.support("acme")
+        agent = await env.key("acme", "agent", agent="support-bot")
+        sid, _ = await governed_session(env, agent)
+        r = await env.client.get(f"/v1/sessions/{sid}/attestations", headers=agent)
+        assert r.json()["total"] == 3
+        on_disk = (where.data_dir / "ledger.sqlite3").exists()
+        assert on_disk == (where.database_url is None)
+        assert isinstance(env.booted.ledger._store, SqlLedgerStore) == (where.database_url is not None)
+
+    run(where, body)
+    if where.database_url is not None:
+        # Another data directory has other keys, so another log origin: it may not write into this log.
+        with pytest.raises(LedgerError, match="holds the log"):
+            asyncio.run(boot(tmp_path_factory.mktemp("other"), database_url=where.database_url))

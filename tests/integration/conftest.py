@@ -49,7 +49,8 @@ async def _drop_service_tables(url: str) -> None:
         await engine.dispose()
 
 
-def _postgres(base: str) -> Iterator[str]:
+def postgres_database(base: str) -> Iterator[str]:
+    """A fresh database on the server of ``base`` for one test (yields its URL once), dropped afterwards."""
     parsed = make_url(base)
     name = f"cra_test_{uuid.uuid4().hex}"
     try:
@@ -79,4 +80,4 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     base = os.environ.get(POSTGRES_ENV)
     if not base:
         pytest.skip(f"{POSTGRES_ENV} is not set (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test)")
-    yield from _postgres(base)
+    yield from postgres_database(base)

@@ -9,6 +9,7 @@ with the file directly, a foreign file at the path, and the keyring beside it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import itertools
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 from tests.conftest import EXAMPLES
+from tests.integration.conftest import POSTGRES_ENV, postgres_database
 
 from cra.errors import LedgerError, ProofError
 from cra.ledger.checkpoint import Checkpoint, checkpoint_of, open_checkpoint, sign_checkpoint
@@ -37,9 +39,11 @@ from cra.runtime.ledger import AuditLedger
 from cra.runtime.memory import MemoryLedgerStore
 from cra.runtime.ports import LedgerEntry, LedgerStore
 from cra.runtime.resolver import Resolver
+from cra.store.database import open_state, sqlite_url
 from cra.store.datadir import open_ledger
 from cra.store.keys import Keyring
 from cra.store.ledger import SqliteLedgerStore
+from cra.store.sql_ledger import SqlLedgerStore
 from cra.trace.event import TraceEvent, build_event, format_timestamp
 
 ORIGIN = "example.com/cra/test-log"
@@ -164,19 +168,24 @@ def trace_events(count: int) -> list[TraceEvent]:
 
 
 class Backend:
-    """One log's storage; :meth:`store` gives a new handle on it (a new connection, for SQLite)."""
+    """One log's storage; :meth:`store` gives a new handle on it (a new connection or engine, for a database)."""
 
-    def __init__(self, kind: str, path: Path) -> None:
+    def __init__(self, kind: str, path: Path, url: str | None = None) -> None:
         self.kind = kind
         self.path = path
+        self.url = url
         self.clock = ManualClock(T0)
         self._memory = MemoryLedgerStore()
-        self._opened: list[SqliteLedgerStore] = []
+        self._opened: list[SqliteLedgerStore | SqlLedgerStore] = []
 
     def store(self) -> LedgerStore:
         if self.kind == "memory":
             return self._memory
-        store = SqliteLedgerStore(self.path, origin=ORIGIN)
+        store: SqliteLedgerStore | SqlLedgerStore
+        if self.url is not None:
+            store = SqlLedgerStore(self.url, origin=ORIGIN)
+        else:
+            store = SqliteLedgerStore(self.path, origin=ORIGIN)
         self._opened.append(store)
         return store
 
@@ -195,8 +204,33 @@ class Backend:
             store.close()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def _migrated(url: str) -> str:
+    """``url`` with the service's migrations run: the SQL ledger's tables are migration 0003."""
+
+    async def migrate() -> None:
+        state = await open_state(url)
+        await state.close()
+
+    asyncio.run(migrate())
+    return url
+
+
+@pytest.fixture(params=["memory", "sqlite", "sql-sqlite", "sql-postgresql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sql-sqlite":
+        b = Backend(request.param, tmp_path, _migrated(sqlite_url(tmp_path / "state.sqlite3")))
+        yield b
+        b.close()
+        return
+    if request.param == "sql-postgresql":
+        base = os.environ.get(POSTGRES_ENV)
+        if not base:
+            pytest.fail(f"{POSTGRES_ENV} is not set; the PostgreSQL ledger cannot be tested", pytrace=False)
+        for url in postgres_database(base):
+            b = Backend(request.param, tmp_path, _migrated(url))
+            yield b
+            b.close()
+        return
     b = Backend(request.param, tmp_path / "ledger.sqlite3")
     yield b
     b.close()
@@ -496,49 +530,43 @@ def test_a_writer_proves_an_entry_the_other_writer_logged(backend: Backend) -> N
     assert (proof.index, checkpoint.size) == (6, 7)
 
 
-def test_two_sqlite_connections_appending_from_threads(tmp_path: Path) -> None:
-    """Real contention: two threads, each with its own connection, race for every append."""
-    backend = Backend("sqlite", tmp_path / "ledger.sqlite3")
-    try:
-        writers = [backend.ledger(every=16), backend.ledger(every=16)]
-        batches = [
-            [[make_entry(10_000 * w + 100 * k + j, session=w) for j in range(4)] for k in range(30)] for w in (0, 1)
-        ]
-        generated = {e.event_id: e for per_writer in batches for batch in per_writer for e in batch}
-        results: list[dict[str, int]] = [{}, {}]
-        errors: list[BaseException] = []
-        start = threading.Barrier(2, timeout=30)
+def test_two_connections_appending_from_threads(backend: Backend) -> None:
+    """Real contention: two threads, each with its own connection (or engine), race for every append."""
+    writers = [backend.ledger(every=16), backend.ledger(every=16)]
+    batches = [[[make_entry(10_000 * w + 100 * k + j, session=w) for j in range(4)] for k in range(30)] for w in (0, 1)]
+    generated = {e.event_id: e for per_writer in batches for batch in per_writer for e in batch}
+    results: list[dict[str, int]] = [{}, {}]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2, timeout=30)
 
-        def run(w: int) -> None:
-            try:
-                for batch in batches[w]:
-                    start.wait()  # both writers append at once: one of them finds the log grown and retries
-                    results[w].update(writers[w].append_entries(batch))
-            except BaseException as exc:  # noqa: BLE001 - collected, then reported by the assertion below
-                errors.append(exc)
-                start.abort()
-
-        threads = [threading.Thread(target=run, args=(w,)) for w in (0, 1)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
-        indexes = {**results[0], **results[1]}
-        assert sorted(indexes.values()) == list(range(240))
-        for w in (0, 1):  # each batch landed contiguously
+    def run(w: int) -> None:
+        try:
             for batch in batches[w]:
-                first = indexes[batch[0].event_id]
-                assert [indexes[e.event_id] for e in batch] == list(range(first, first + 4))
-        in_order = sorted(indexes, key=indexes.__getitem__)
-        writer_of = [generated[i].session_id for i in in_order]
-        assert sum(a != b for a, b in itertools.pairwise(writer_of)) >= 30  # both wrote in every round
-        store = backend.store()
-        fresh = backend.ledger()
-        check_log(fresh, store, [generated[i] for i in in_order])
-        assert fresh.audit().size == 240
-    finally:
-        backend.close()
+                start.wait()  # both writers append at once: one of them finds the log grown and retries
+                results[w].update(writers[w].append_entries(batch))
+        except BaseException as exc:  # noqa: BLE001 - collected, then reported by the assertion below
+            errors.append(exc)
+            start.abort()
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    indexes = {**results[0], **results[1]}
+    assert sorted(indexes.values()) == list(range(240))
+    for w in (0, 1):  # each batch landed contiguously
+        for batch in batches[w]:
+            first = indexes[batch[0].event_id]
+            assert [indexes[e.event_id] for e in batch] == list(range(first, first + 4))
+    in_order = sorted(indexes, key=indexes.__getitem__)
+    writer_of = [generated[i].session_id for i in in_order]
+    assert sum(a != b for a, b in itertools.pairwise(writer_of)) >= 30  # both wrote in every round
+    store = backend.store()
+    fresh = backend.ledger()
+    check_log(fresh, store, [generated[i] for i in in_order])
+    assert fresh.audit().size == 240
 
 
 # -- SQLite: reopening ----------------------------------------------------------------------------------------------

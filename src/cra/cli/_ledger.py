@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,7 +46,8 @@ def _keyring(data_dir: Path | None) -> Keyring:
 @contextmanager
 def _ledger(data_dir: Path | None, *, as_json: bool) -> Iterator[AuditLedger]:
     try:
-        ledger = open_ledger(resolve_data_dir(data_dir))
+        # The same database as cra serve's: a PostgreSQL service keeps its ledger there.
+        ledger = open_ledger(resolve_data_dir(data_dir), database_url=os.environ.get("CRA_DATABASE_URL"))
     except CRAError as exc:
         fail(exc, as_json=as_json)
     try:

@@ -82,7 +82,7 @@ async def boot(
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     state = await open_state(database_url or sqlite_url(data_dir / "cra.sqlite3"))
     try:
-        ledger = open_ledger(data_dir, create=True)
+        ledger = open_ledger(data_dir, create=True, database_url=database_url)
     except BaseException:
         await state.close()
         raise

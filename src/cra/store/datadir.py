@@ -6,7 +6,8 @@ Support/cra`` on macOS; ``%LOCALAPPDATA%\\cra`` on Windows). ``cra serve`` uses
 the same directory.
 
     <data dir>/
-      ledger.sqlite3        the audit log (entries, Merkle hashes, checkpoints, attestations)
+      ledger.sqlite3        the audit log (entries, Merkle hashes, checkpoints, attestations),
+                            unless the service's database is PostgreSQL: then the log is there
       keys/keyring.json     the log's origin and its keys' public halves and roles
       keys/<key id>.key     each signing key (mode 0600, in a mode-0700 directory)
 """
@@ -17,10 +18,13 @@ import os
 import sys
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from cra.runtime.ledger import AuditLedger
-from cra.runtime.ports import Clock
+from cra.runtime.ports import Clock, LedgerStore
 from cra.store.keys import Keyring
 from cra.store.ledger import SqliteLedgerStore
+from cra.store.sql_ledger import SqlLedgerStore
 
 __all__ = ["default_data_dir", "open_ledger", "resolve_data_dir"]
 
@@ -51,10 +55,14 @@ def open_ledger(
     clock: Clock | None = None,
     checkpoint_every: int = 1000,
     checkpoint_interval: float = 1.0,
+    database_url: str | None = None,
 ) -> AuditLedger:
     """The audit ledger of a data directory, signed by its keyring's active keys.
 
-    With ``create``, a directory without keys gets a new log origin and key.
+    With ``create``, a directory without keys gets a new log origin and key. The log
+    itself is ``ledger.sqlite3`` in the directory, unless ``database_url`` names a
+    PostgreSQL database: then it is kept there (:class:`~cra.store.sql_ledger.SqlLedgerStore`),
+    shared by every process and machine that uses that database.
     """
     root = Path(data_dir)
     keyring = Keyring(root / "keys")
@@ -62,7 +70,11 @@ def open_ledger(
         keyring.generate()
     origin = keyring.origin
     signers, retired = keyring.signers(), keyring.retired()
-    store = SqliteLedgerStore(root / "ledger.sqlite3", origin=origin)
+    store: LedgerStore
+    if database_url and make_url(database_url).get_backend_name() == "postgresql":
+        store = SqlLedgerStore(database_url, origin=origin)
+    else:
+        store = SqliteLedgerStore(root / "ledger.sqlite3", origin=origin)
     try:
         return AuditLedger(
             store,

@@ -9,7 +9,7 @@ a test checks that the two agree.
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -19,6 +19,11 @@ __all__ = [
     "Base",
     "EventRow",
     "IdempotencyRow",
+    "LedgerAttestationRow",
+    "LedgerCheckpointRow",
+    "LedgerEntryRow",
+    "LedgerHashRow",
+    "LedgerMetaRow",
     "RequestIdRow",
     "ResolutionRow",
     "SessionRow",
@@ -146,3 +151,53 @@ class IdempotencyRow(Base):
     session_id: Mapped[str] = mapped_column(ID, primary_key=True)
     key: Mapped[str] = mapped_column(NAME, primary_key=True)
     data: Mapped[str] = mapped_column(Text)
+
+
+# -- the audit ledger, when it lives in the service's database (PostgreSQL) ----------------------------------------
+
+
+class LedgerMetaRow(Base):
+    """The log's settings: its ``origin``, so that one database never holds two logs."""
+
+    __tablename__ = "ledger_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class LedgerEntryRow(Base):
+    """One leaf: the exact bytes of an event's JSON line, at its log index."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (Index("ix_ledger_entries_session", "session_id", "idx"),)
+
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event_id: Mapped[str] = mapped_column(ID, unique=True)
+    session_id: Mapped[str] = mapped_column(ID)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LedgerHashRow(Base):
+    """One stored Merkle hash, numbered as Go's ``sumdb/tlog`` numbers them."""
+
+    __tablename__ = "ledger_hashes"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LedgerCheckpointRow(Base):
+    __tablename__ = "ledger_checkpoints"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    note: Mapped[str] = mapped_column(Text)
+
+
+class LedgerAttestationRow(Base):
+    __tablename__ = "ledger_attestations"
+    __table_args__ = (Index("ix_ledger_attestations_session", "session_id", "idx"),)
+
+    attestation_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    idx: Mapped[int] = mapped_column(BigInteger)
+    session_id: Mapped[str] = mapped_column(ID)
+    note: Mapped[str] = mapped_column(Text)
