@@ -78,13 +78,15 @@ class Where:
 
     data_dir: Path
     database_url: str | None = None
+    seal_in_background: bool = False
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "sqlite-sealing-in-background", "postgresql"])
 def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
-    """Each test runs twice: the ledger in the data directory, and the ledger in PostgreSQL."""
-    if request.param == "sqlite":
-        yield Where(tmp_path)
+    """Each test runs three times: the ledger in the data directory, sealed on the request path or
+    in the background (as ``cra serve`` does), and the ledger in PostgreSQL."""
+    if request.param.startswith("sqlite"):
+        yield Where(tmp_path, seal_in_background=request.param != "sqlite")
         return
     base = os.environ.get(POSTGRES_ENV)
     if not base:
@@ -97,7 +99,7 @@ def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
 async def served(where: Where | Path) -> AsyncIterator[Env]:
     if isinstance(where, Path):
         where = Where(where)
-    booted = await boot(where.data_dir, database_url=where.database_url)
+    booted = await boot(where.data_dir, database_url=where.database_url, seal_in_background=where.seal_in_background)
     try:
         await booted.service.start()
         async with app_of(booted.service, booted) as client:

@@ -121,7 +121,9 @@ def serve(
     )
 
     async def prepare() -> Booted:
-        booted = await boot(root, database_url=database_url, redis_url=redis_url, sandbox=sandbox)
+        booted = await boot(
+            root, database_url=database_url, redis_url=redis_url, sandbox=sandbox, seal_in_background=True
+        )
         try:
             token = await ensure_admin_key(booted.state)
             if token is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import time
@@ -164,11 +165,17 @@ class GovernanceService:
         atlas_refresh_seconds: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
         modules: ModuleLoader | None = None,
+        seal_in_background: bool = False,
     ) -> None:
         """``digests`` is a cache of the tenants' atlas digests shared by every process (Redis),
         invalidated when an atlas changes. Without one, this process trusts the digests it read
         for ``atlas_refresh_seconds``: an atlas loaded or unloaded through another process is
-        used here within that time."""
+        used here within that time.
+
+        With ``seal_in_background``, an operation answers once its events are committed, and a
+        background task seals whatever has been committed into the ledger, many operations in one
+        append; reads of the ledger (:meth:`flush`) seal what is pending first. Committed events
+        survive a crash either way and are sealed by the next :meth:`start`."""
         self.state = state
         self.ledger = ledger
         self._signer = signer
@@ -187,6 +194,10 @@ class GovernanceService:
         self._turns: dict[str, _Turn] = {}
         self._running: set[asyncio.Future[dict[str, Any]]] = set()
         self._seal_lock = asyncio.Lock()
+        self._background = seal_in_background
+        self._seal_wanted = asyncio.Event()
+        self._checkpoint_wanted = False
+        self._sealer: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -198,6 +209,15 @@ class GovernanceService:
             _log.exception("the ledger cannot seal the committed events yet; they stay marked unsealed")
 
     async def close(self) -> None:
+        if self._sealer is not None:
+            self._sealer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sealer
+            self._sealer = None
+            try:
+                await self.flush()
+            except LedgerError:
+                _log.exception("the ledger could not seal the last committed events; the next start will")
         await self.state.close()
 
     # -- tenants and atlases --------------------------------------------------
@@ -400,6 +420,12 @@ class GovernanceService:
     async def _seal(self, changes: Changes) -> None:
         if self.ledger is None or not changes.events:
             return
+        if self._background:
+            self._checkpoint_wanted = self._checkpoint_wanted or changes.checkpoint
+            self._seal_wanted.set()
+            if self._sealer is None or self._sealer.done():
+                self._sealer = asyncio.get_running_loop().create_task(self._seal_forever(), name="cra-sealer")
+            return
         try:
             await self.seal_pending()
             if changes.checkpoint:
@@ -407,6 +433,29 @@ class GovernanceService:
                     await asyncio.to_thread(self.ledger.checkpoint)
         except (CRAError, OSError):
             _log.exception("the ledger could not seal committed events; they stay marked unsealed")
+
+    async def _seal_forever(self) -> None:
+        """The background sealer: whenever something was committed, seal all of it."""
+        while True:
+            await self._seal_wanted.wait()
+            self._seal_wanted.clear()
+            try:
+                await self.flush()
+            except LedgerError:
+                _log.exception("the ledger could not seal committed events; they stay marked unsealed")
+                await asyncio.sleep(1.0)  # a failing ledger is retried, not spun on
+                self._seal_wanted.set()
+
+    async def flush(self) -> None:
+        """Seal everything committed so far (and the checkpoint an operation asked for).
+        Reads of the ledger call this first, so they see every operation that has answered."""
+        if self.ledger is None:
+            return
+        await self.seal_pending()
+        async with self._seal_lock:  # a checkpoint being signed by the sealer is waited for, not skipped
+            if self._checkpoint_wanted:
+                self._checkpoint_wanted = False
+                await asyncio.to_thread(self.ledger.checkpoint)
 
     async def seal_pending(self) -> int:
         """Seal every committed, unsealed event into the ledger, in insertion order (which keeps
@@ -601,6 +650,11 @@ class GovernanceService:
 
     async def decisions(self, query: DecisionQuery) -> tuple[list[DecisionRecord], int]:
         """Recorded decisions with their attestation ids, filtered, oldest first."""
+        if self._background:
+            try:
+                await self.flush()  # so that every decision that has answered carries its attestation
+            except LedgerError:
+                _log.exception("the ledger could not seal committed events; they are listed unsealed")
         return await self.state.decisions(query)
 
     # -- reads ----------------------------------------------------------------

@@ -68,6 +68,7 @@ async def boot(
     redis_url: str | None = None,
     executors: Mapping[str, Executor] | None = None,
     sandbox: bool = False,
+    seal_in_background: bool = False,
 ) -> Booted:
     """Open (creating if need be) the data directory's state, ledger and keys.
 
@@ -75,7 +76,8 @@ async def boot(
     and the tenants' atlas digests are cached there and invalidated across processes.
     ``executors`` run allowed ``execute`` calls of their actions (when CRA is embedded). With
     ``sandbox``, ``code.execute`` runs in the WebAssembly sandbox, which is made ready (built on a
-    machine's first use) in the background.
+    machine's first use) in the background. With ``seal_in_background``, operations answer once
+    committed and a background task seals them into the ledger in batches (``cra serve`` does this).
     """
     if sandbox:
         executors = {**_sandbox_executors(), **(executors or {})}
@@ -89,7 +91,12 @@ async def boot(
     signer = HmacSigner(ticket_secret(data_dir / "keys"))
     if not redis_url:
         service = GovernanceService(
-            state, signer=signer, ledger=ledger, executors=executors, modules=load_policy_module
+            state,
+            signer=signer,
+            ledger=ledger,
+            executors=executors,
+            modules=load_policy_module,
+            seal_in_background=seal_in_background,
         )
         return Booted(service, state, ledger)
     counters = RedisCounters.from_url(redis_url)
@@ -111,6 +118,7 @@ async def boot(
         counters=counters,
         digests=digests,
         modules=load_policy_module,
+        seal_in_background=seal_in_background,
     )
     return Booted(service, state, ledger, counters, digests, client)
 

@@ -41,9 +41,11 @@ router = APIRouter(prefix="/v1")
 aliases = APIRouter()
 
 
-def _ledger(service: GovernanceService) -> AuditLedger:
+async def _ledger(service: GovernanceService) -> AuditLedger:
+    """The service's ledger, with everything committed so far sealed into it."""
     if service.ledger is None:
         raise LedgerError("this service runs without an audit ledger")
+    await service.flush()
     return service.ledger
 
 
@@ -64,7 +66,7 @@ def _newest_checkpoint(ledger: AuditLedger) -> str:
 async def get_checkpoint(service: Service, who: Caller) -> PlainTextResponse:
     """The newest signed C2SP checkpoint, as the signed note's exact text."""
     _require_any(who, _CHECKPOINT_READERS)
-    ledger = _ledger(service)
+    ledger = await _ledger(service)
     note = await asyncio.to_thread(_newest_checkpoint, ledger)
     return PlainTextResponse(note)
 
@@ -102,7 +104,7 @@ async def get_consistency(
 ) -> dict[str, Any]:
     """A consistency proof from tree size ``old`` to ``new``, with the signed checkpoint at ``new``."""
     _require_any(who, _CHECKPOINT_READERS)
-    ledger = _ledger(service)
+    ledger = await _ledger(service)
     return await asyncio.to_thread(_consistency, ledger, old, new)
 
 
@@ -156,7 +158,7 @@ def _evidence(ledger: AuditLedger, attestation_id: str, session_id: str) -> dict
 async def verify_attestation_route(service: Service, who: Caller, attestation_id: str) -> dict[str, Any]:
     """An attestation with its event's exact bytes, a C2SP tlog-proof and the checkpoint it
     leads to, verified here with the ledger's keys (and verifiable offline with them)."""
-    ledger = _ledger(service)
+    ledger = await _ledger(service)
     session_id = await asyncio.to_thread(_session_of, ledger, attestation_id)
     try:
         await own_session(service, who, session_id)
@@ -195,7 +197,7 @@ def _summaries(ledger: AuditLedger, session_id: str) -> list[dict[str, Any]]:
 async def session_attestations(service: Service, who: Caller, session_id: str) -> dict[str, Any]:
     """The attestations of a session's decisions, in log order."""
     await own_session(service, who, session_id)
-    ledger = _ledger(service)
+    ledger = await _ledger(service)
     items = await asyncio.to_thread(_summaries, ledger, session_id)
     return {
         "session_id": session_id,

@@ -54,6 +54,12 @@ def app() -> FastAPI:
     data_dir, database_url, redis_url = Path(config["data_dir"]), config["database_url"], config["redis_url"]
 
     async def open_service() -> Booted:
-        return await boot(data_dir, database_url=database_url, redis_url=redis_url, sandbox=config["sandbox"])
+        return await boot(
+            data_dir,
+            database_url=database_url,
+            redis_url=redis_url,
+            sandbox=config["sandbox"],
+            seal_in_background=True,
+        )
 
     return serving_app(open_service, settings=settings)
