@@ -112,7 +112,7 @@ def _cra(*args: str) -> list[str]:
 class Server:
     """``cra serve`` in a subprocess, its output in files of the data directory (stdout holds the admin key)."""
 
-    def __init__(self, data_dir: Path, logs: Path, workers: int = 1) -> None:
+    def __init__(self, data_dir: Path, logs: Path, workers: int = 1, sealing: str = "background") -> None:
         self.workers = workers
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
@@ -133,6 +133,8 @@ class Server:
             "warning",
             "--workers",
             str(workers),
+            "--sealing",
+            sealing,
         )
         self.process = subprocess.Popen(  # noqa: S603 - the project's own command line
             command, stdout=self._stdout, stderr=self._stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -395,14 +397,14 @@ def ratios(workloads: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 # -- the report ----------------------------------------------------------------------------------------------------
 
 
-def run(wrk: str, load: Load, mode: str, workers: int = 1) -> dict[str, Any]:
+def run(wrk: str, load: Load, mode: str, workers: int = 1, sealing: str = "background") -> dict[str, Any]:
     started = datetime.now(UTC)
     wall = time.perf_counter()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="cra-bench-service-") as tmp:
         data_dir = Path(tmp) / "data"
         logs = Path(tmp)
-        server = Server(data_dir, logs, workers)
+        server = Server(data_dir, logs, workers, sealing)
         try:
             startup = server.wait_healthy()
             key = create_agent_key(data_dir)
@@ -430,6 +432,7 @@ def run(wrk: str, load: Load, mode: str, workers: int = 1) -> dict[str, Any]:
             "command": "python -m cra serve --key-rate 0 --log-level warning (demo atlases, SQLite in a temp dir)",
             "host": HOST,
             "workers": workers,
+            "sealing": sealing,
             "startup_seconds": round(startup, 2),
             "exit_code": exit_code,
         },
@@ -447,6 +450,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON document to this file")
     parser.add_argument("--threads", type=int, help="wrk threads (default 2)")
     parser.add_argument("--workers", type=int, default=1, help="cra serve worker processes (default 1)")
+    parser.add_argument(
+        "--sealing",
+        choices=("background", "answer"),
+        default="background",
+        help="cra serve --sealing (default background)",
+    )
     parser.add_argument("--connections", type=int, help="open connections (default 16)")
     parser.add_argument("--duration", type=int, help="seconds per scenario (default 10; 2 with --quick)")
     parser.add_argument(
@@ -475,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if load.connections < load.threads:
         parser.error("--connections must be at least --threads")
     try:
-        report = run(wrk, load, "quick" if args.quick else "full", args.workers)
+        report = run(wrk, load, "quick" if args.quick else "full", args.workers, args.sealing)
     except BenchError as exc:
         print(f"bench_service: {exc}", file=sys.stderr)
         return 1

@@ -64,6 +64,14 @@ def serve(
         bool,
         typer.Option("--sandbox/--no-sandbox", help="Run code.execute calls in the WebAssembly sandbox."),
     ] = True,
+    sealing: Annotated[
+        str,
+        typer.Option(
+            "--sealing",
+            help="When events are sealed into the ledger: 'background' (in batches, after the answer) "
+            "or 'answer' (before each answer).",
+        ),
+    ] = "background",
     max_body: Annotated[int, typer.Option("--max-body-bytes", min=1024, help="Largest request body.")] = 1_048_576,
     key_rate: Annotated[
         float, typer.Option("--key-rate", min=0, help="Requests per second per API key (0: unlimited).")
@@ -106,6 +114,9 @@ def serve(
 
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         fail(f"--log-level must be debug, info, warning or error, not {log_level!r}")
+    if sealing not in ("background", "answer"):
+        fail(f"--sealing must be background or answer, not {sealing!r}")
+    background = sealing == "background"
     if log_format not in ("text", "json"):
         fail(f"--log-format must be text or json, not {log_format!r}")
     logging_config = log_config(log_level.lower(), log_format)
@@ -122,7 +133,7 @@ def serve(
 
     async def prepare() -> Booted:
         booted = await boot(
-            root, database_url=database_url, redis_url=redis_url, sandbox=sandbox, seal_in_background=True
+            root, database_url=database_url, redis_url=redis_url, sandbox=sandbox, seal_in_background=background
         )
         try:
             token = await ensure_admin_key(booted.state)
@@ -161,7 +172,9 @@ def serve(
         asyncio.run(prepare_only())
     except CRAError as exc:
         fail(exc)
-    os.environ[CONFIG_ENV] = worker_config(root, database_url, redis_url, settings, sandbox=sandbox)
+    os.environ[CONFIG_ENV] = worker_config(
+        root, database_url, redis_url, settings, sandbox=sandbox, seal_in_background=background
+    )
     typer.echo(f"CRA serving http://{host}:{port} with {workers} workers (data dir {root})", err=True)
     uvicorn.run(
         "cra.server.workers:app",

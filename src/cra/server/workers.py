@@ -27,7 +27,13 @@ CONFIG_ENV: Final = "CRA_SERVE_CONFIG"
 
 
 def worker_config(
-    data_dir: Path, database_url: str | None, redis_url: str | None, settings: ServerSettings, *, sandbox: bool
+    data_dir: Path,
+    database_url: str | None,
+    redis_url: str | None,
+    settings: ServerSettings,
+    *,
+    sandbox: bool,
+    seal_in_background: bool,
 ) -> str:
     return json.dumps(
         {
@@ -35,6 +41,7 @@ def worker_config(
             "database_url": database_url,
             "redis_url": redis_url,
             "sandbox": sandbox,
+            "seal_in_background": seal_in_background,
             "settings": asdict(settings),
         }
     )
@@ -59,7 +66,7 @@ def app() -> FastAPI:
             database_url=database_url,
             redis_url=redis_url,
             sandbox=config["sandbox"],
-            seal_in_background=True,
+            seal_in_background=config["seal_in_background"],
         )
 
     return serving_app(open_service, settings=settings)
