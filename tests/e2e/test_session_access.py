@@ -58,3 +58,39 @@ def test_a_key_cannot_borrow_the_roles_of_the_key_that_made_the_session(tmp_path
         assert ok.status_code == 200
 
     run(tmp_path, body)
+
+
+def test_the_key_that_asked_for_an_approval_cannot_grant_it(tmp_path: Path) -> None:
+    """An admin key with the supervisor role drives a session for support-bot; the approval its
+    call asks for must be granted by someone else."""
+
+    async def body(env: Env) -> None:
+        await env.support("acme")
+        admin = await env.key("acme", "admin", policy_roles=("supervisor", "agent"))
+        supervisor = await env.key("acme", "approver", policy_roles=("supervisor",))
+        c = env.client
+        sid = (await c.post("/v1/sessions", headers=admin, json={"agent_id": "support-bot", "goal": "g"})).json()[
+            "session_id"
+        ]
+        rid = (await c.post("/v1/resolve", headers=admin, json=carp("support-bot", sid))).json()["resolution_id"]
+        params = {"order_id": "42", "amount": 20_000, "currency": "SAR"}
+        execution = {"resolution_id": rid, "action_id": "refund.create", "parameters": params}
+        out = (
+            await c.post("/v1/execute", headers=admin, json=carp("support-bot", sid, "execute", execution=execution))
+        ).json()
+        assert out["status"] == "pending_approval", out
+        approval_id = out["result"]["approval_id"]
+        listed = (await c.get(f"/v1/approvals/{approval_id}", headers=supervisor)).json()
+        assert listed["requested_by"].startswith("key:")
+
+        refused = await c.post(f"/v1/approvals/{approval_id}/approve", json={}, headers=admin)
+        assert refused.status_code == 403
+        assert refused.headers["content-type"].startswith(PROBLEM)
+        assert "asked for this approval" in refused.json()["detail"]
+        assert (await c.get(f"/v1/approvals/{approval_id}", headers=supervisor)).json()["status"] == "pending"
+
+        granted = await c.post(f"/v1/approvals/{approval_id}/approve", json={}, headers=supervisor)
+        assert granted.status_code == 200, granted.text
+        assert granted.json()["status"] == "approved"
+
+    run(tmp_path, body)

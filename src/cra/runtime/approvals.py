@@ -55,6 +55,8 @@ class Approval:
     comment: str | None = None
     decided_at: datetime | None = None
     expires_at: datetime | None = None
+    #: Who made the call that asked for this approval, when the host said (it may not decide it).
+    requested_by: str | None = None
 
     def decided(self, status: ApprovalStatus, **changes: Any) -> Approval:
         return replace(self, status=status, **changes)

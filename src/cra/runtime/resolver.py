@@ -508,7 +508,11 @@ class Resolver:
     # -- execute --------------------------------------------------------------
 
     def execute(
-        self, request: Mapping[str, Any] | CarpRequest, *, approval_ticket: str | None = None
+        self,
+        request: Mapping[str, Any] | CarpRequest,
+        *,
+        approval_ticket: str | None = None,
+        requested_by: str | None = None,
     ) -> dict[str, Any]:
         """Execute one action a prior resolution allowed, if the policy allows it now.
 
@@ -517,8 +521,11 @@ class Resolver:
         protocol (unknown session or resolution, another agent's session, a
         replayed request id, clock skew) raise instead, recorded as
         ``error.occurred`` when the session exists.
+
+        ``requested_by`` is the host's identity of the caller. An approval the call asks
+        for records it, and that identity may not decide the approval.
         """
-        started = self.begin_execute(request, approval_ticket=approval_ticket)
+        started = self.begin_execute(request, approval_ticket=approval_ticket, requested_by=requested_by)
         if not isinstance(started, PendingCall):
             return started
         try:
@@ -529,7 +536,11 @@ class Resolver:
         return self.finish_execute(started, outcome)
 
     def begin_execute(
-        self, request: Mapping[str, Any] | CarpRequest, *, approval_ticket: str | None = None
+        self,
+        request: Mapping[str, Any] | CarpRequest,
+        *,
+        approval_ticket: str | None = None,
+        requested_by: str | None = None,
     ) -> dict[str, Any] | PendingCall:
         """Everything :meth:`execute` does before the executor runs.
 
@@ -554,7 +565,8 @@ class Resolver:
             except (ResolutionError, NotFoundError) as exc:
                 self._record_error(session, now, req, exc)
                 raise
-            call = _Call(req, session, record, now, self._span(session, now), self._ids.new_id(), self._clock)
+            span = self._span(session, now)
+            call = _Call(req, session, record, now, span, self._ids.new_id(), self._clock, requested_by)
             key = ex.idempotency_key
             if key is not None:
                 call.requested["idempotency_key"] = key
@@ -823,6 +835,7 @@ class Resolver:
             approver_roles=requirement.approver_roles,
             ticket_ttl_seconds=requirement.ticket_ttl_seconds,
             requested_at=call.now,
+            requested_by=call.requested_by,
         )
         self._approvals.put(approval)
         return approval
@@ -850,6 +863,8 @@ class Resolver:
             raise ApprovalError("an approver identity is required")
         if approver == approval.agent_id:
             raise ApprovalError("an agent cannot decide its own approval request")
+        if approval.requested_by is not None and approver == approval.requested_by:
+            raise ApprovalError("the caller that asked for this approval cannot decide it")
         if approval.approver_roles and not set(approver_roles) & set(approval.approver_roles):
             raise ApprovalError(
                 f"approving {approval.action_id} needs one of the roles {list(approval.approver_roles)}"
@@ -1064,6 +1079,7 @@ class _Call:
         "record",
         "request",
         "requested",
+        "requested_by",
         "response",
         "session",
         "span",
@@ -1078,9 +1094,12 @@ class _Call:
         span: SpanRecorder,
         execution_id: str,
         clock: Clock,
+        requested_by: str | None = None,
     ) -> None:
         assert req.execution is not None
         self.request = req
+        #: Who made the call (the host's identity of the caller), when the host says.
+        self.requested_by = requested_by
         self.execution = req.execution
         self.session = session
         self.record = record

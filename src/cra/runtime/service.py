@@ -520,7 +520,12 @@ class GovernanceService:
         return await self._operate(keys, lambda r: r.resolve(req))
 
     async def execute(
-        self, tenant_id: str, request: Mapping[str, Any], *, approval_ticket: str | None = None
+        self,
+        tenant_id: str,
+        request: Mapping[str, Any],
+        *,
+        approval_ticket: str | None = None,
+        requested_by: str | None = None,
     ) -> dict[str, Any]:
         """Authorise a call (committed), run its executor once in a thread, then record the outcome.
 
@@ -539,7 +544,9 @@ class GovernanceService:
             request_id=req.request_id,
             idempotency_key=req.execution.idempotency_key,
         )
-        started = await self._operate(keys, lambda r: r.begin_execute(req, approval_ticket=approval_ticket))
+        started = await self._operate(
+            keys, lambda r: r.begin_execute(req, approval_ticket=approval_ticket, requested_by=requested_by)
+        )
         if not isinstance(started, PendingCall):
             return started
         finish = SnapshotKeys(tenant_id, req.session_id, idempotency_key=req.execution.idempotency_key)

@@ -65,6 +65,7 @@ def _approval_json(a: Approval) -> dict[str, Any]:
         "parameters_hash": a.arguments_hash,
         "approver_roles": list(a.approver_roles),
         "requested_at": format_timestamp(a.requested_at),
+        "requested_by": a.requested_by,
         "approver": a.approver,
         "comment": a.comment,
     }
@@ -174,7 +175,7 @@ async def execute(
     x_cra_approval_ticket: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     await _admit(service, who, data)
-    return await service.execute(who.tenant_id, data, approval_ticket=x_cra_approval_ticket)
+    return await service.execute(who.tenant_id, data, approval_ticket=x_cra_approval_ticket, requested_by=who.principal)
 
 
 async def evaluate(request: Request) -> JSONResponse:

@@ -125,6 +125,7 @@ def approval_json(a: Approval) -> str:
             "ticket_ttl_seconds": a.ticket_ttl_seconds,
             "approver": a.approver,
             "comment": a.comment,
+            "requested_by": a.requested_by,
             "decided_at": None if a.decided_at is None else stamp(a.decided_at),
             "expires_at": None if a.expires_at is None else stamp(a.expires_at),
         }
@@ -166,6 +167,7 @@ def approval_from(
         comment=d["comment"],
         decided_at=None if d["decided_at"] is None else when(d["decided_at"]),
         expires_at=None if d["expires_at"] is None else when(d["expires_at"]),
+        requested_by=d.get("requested_by"),  # absent from approvals stored before it was recorded
     )
 
 
