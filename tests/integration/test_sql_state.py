@@ -280,7 +280,7 @@ def test_a_downgrade_to_base_and_upgrade_again_leaves_a_working_schema(state_url
         # The rebuilt schema is empty and takes the same session again.
         assert await state.snapshot(SnapshotKeys(TENANT, session.session_id)) == Snapshot()
         await state.commit(new_session_changes(session, events))
-        return diff, rev, await state.event_lines(session.session_id)
+        return diff, rev, await state.event_lines(TENANT, session.session_id)
 
     diff, revision, lines = run(state_url, after)
     assert diff == []
@@ -339,10 +339,10 @@ def test_a_committed_operation_reads_back_equal_and_its_lines_byte_exact(state_u
             "tail": await state.snapshot(SnapshotKeys(TENANT, sid, request_id="req-3", idempotency_key="k2")),
             "k3": await state.snapshot(SnapshotKeys(TENANT, sid, idempotency_key="k3")),
             "no_session": await state.snapshot(SnapshotKeys(TENANT)),
-            "lines": await state.event_lines(sid),
-            "events": await state.events(sid),
-            "executed": await state.events(sid, event_type="action.executed"),
-            "since": await state.events(sid, since_sequence=1, limit=2),
+            "lines": await state.event_lines(TENANT, sid),
+            "events": await state.events(TENANT, sid),
+            "executed": await state.events(TENANT, sid, event_type="action.executed"),
+            "since": await state.events(TENANT, sid, since_sequence=1, limit=2),
             "session": await state.session(TENANT, sid),
             "approval": await state.approval(TENANT, approved.approval_id),
         }
@@ -398,7 +398,7 @@ def test_state_survives_closing_and_reopening_the_database(state_url: str) -> No
 
     async def read(state: SqlState) -> tuple[Snapshot, list[str]]:
         snap = await state.snapshot(SnapshotKeys(TENANT, session.session_id, whole_chain=True))
-        return snap, await state.event_lines(session.session_id)
+        return snap, await state.event_lines(TENANT, session.session_id)
 
     run(state_url, write)
     snap, lines = run(state_url, read)
@@ -450,6 +450,8 @@ def test_another_tenant_sees_nothing_of_a_session(state_url: str) -> None:
             await state.approval(OTHER, approval.approval_id),
             await state.sessions(OTHER),
             await state.approvals(OTHER),
+            await state.events(OTHER, sid),
+            await state.event_lines(OTHER, sid),
         ]
         ours = [
             await state.snapshot(SnapshotKeys(TENANT, **keys)),
@@ -457,18 +459,20 @@ def test_another_tenant_sees_nothing_of_a_session(state_url: str) -> None:
             await state.approval(TENANT, approval.approval_id),
             await state.sessions(TENANT),
             await state.approvals(TENANT),
+            len(await state.events(TENANT, sid)),
         ]
         return theirs, ours
 
     theirs, ours = run(state_url, body)
-    assert theirs == [Snapshot(), None, None, ([], 0), ([], 0)]
+    assert theirs == [Snapshot(), None, None, ([], 0), ([], 0), [], []]
     snap = ours[0]
     assert snap.sessions == {sid: session}
     assert snap.approvals == {approval.approval_id: approval}
     assert snap.resolutions == {resolution.resolution_id: resolution}
     assert snap.request_ids == {(sid, "req-1")}
     assert snap.idempotency == {(sid, "k1"): record}
-    assert ours[1:] == [session, approval, ([session], 1), ([approval], 1)]
+    assert ours[1:-1] == [session, approval, ([session], 1), ([approval], 1)]
+    assert ours[-1] > 0
 
 
 # -- 4. conflicts ------------------------------------------------------------------------------------------------------
@@ -513,7 +517,7 @@ def test_an_event_at_a_taken_position_conflicts_and_writes_nothing_else(state_ur
                     idempotency_key="k-lost",
                 )
             ),
-            "lines": await state.event_lines(sid),
+            "lines": await state.event_lines(TENANT, sid),
             "unsealed": [e for _, e, _ in await state.unsealed()],
             "sessions": await state.sessions(TENANT),
         }
@@ -547,7 +551,7 @@ def test_a_reused_request_id_conflicts(state_url: str) -> None:
         )
         # A new request id goes through.
         await state.commit(Changes(events=events[1:3], request_ids=[(sid, "req-2")]))
-        return await state.event_lines(sid), await state.snapshot(SnapshotKeys(TENANT, sid, request_id="req-2"))
+        return await state.event_lines(TENANT, sid), await state.snapshot(SnapshotKeys(TENANT, sid, request_id="req-2"))
 
     lines, snap = run(state_url, body)
     assert lines == [dumps_event(e) for e in events]
@@ -584,7 +588,7 @@ def test_an_approval_decided_from_a_stale_status_conflicts(state_url: str) -> No
         await state.commit(Changes(approvals={pending.approval_id: (used, "approved")}))
         return (
             await state.approval(TENANT, pending.approval_id),
-            await state.event_lines(sid),
+            await state.event_lines(TENANT, sid),
             await state.approval(TENANT, ghost.approval_id),
         )
 
@@ -613,7 +617,7 @@ def test_a_session_changed_from_a_stale_status_conflicts(state_url: str) -> None
         missing = make_session(5)
         with pytest.raises(ConflictError):  # updating a session that was never stored
             await state.commit(Changes(sessions={missing.session_id: (missing, "active")}))
-        return await state.session(TENANT, sid), await state.event_lines(sid)
+        return await state.session(TENANT, sid), await state.event_lines(TENANT, sid)
 
     stored, lines = run(state_url, body)
     assert stored == ended
@@ -687,7 +691,7 @@ def test_two_writers_racing_for_the_next_position_one_wins_and_the_chain_stays_w
             for r in results:
                 if not isinstance(r, str | ConflictError):
                     raise r
-        chain = await state.events(sid)
+        chain = await state.events(TENANT, sid)
         assert [e.event_id for e in chain[1:]] == winners
         used = [
             (await state.snapshot(SnapshotKeys(TENANT, sid, request_id=f"req-{n}-{tag}"))).request_ids
@@ -781,7 +785,7 @@ def test_unsealed_events_come_in_commit_order_with_their_claims(state_url: str) 
             "first_two": first_two,
             "rest": rest,
             "after": await state.unsealed(),
-            "chain": await state.events(a.session_id),
+            "chain": await state.events(TENANT, a.session_id),
         }
 
     got = run(state_url, body)
@@ -815,7 +819,11 @@ def test_mark_sealed_handles_more_rows_than_one_statement_takes(state_url: str) 
         pending = await state.unsealed()
         await state.mark_sealed([row for row, _, _ in pending[:1201]])
         left = await state.unsealed()
-        return len(pending), [e for _, e, _ in left], [e.event_id for e in await state.events(session.session_id)]
+        return (
+            len(pending),
+            [e for _, e, _ in left],
+            [e.event_id for e in await state.events(TENANT, session.session_id)],
+        )
 
     count, left, ids = run(state_url, body)
     assert count == 1203

@@ -275,6 +275,7 @@ class StateStore(Protocol):
 
     async def events(
         self,
+        tenant_id: str,
         session_id: str,
         *,
         event_type: str | None = None,

@@ -676,7 +676,9 @@ class GovernanceService:
         limit: int | None = None,
     ) -> list[TraceEvent]:
         await self.session(tenant_id, session_id)
-        return await self.state.events(session_id, event_type=event_type, since_sequence=since_sequence, limit=limit)
+        return await self.state.events(
+            tenant_id, session_id, event_type=event_type, since_sequence=since_sequence, limit=limit
+        )
 
     async def verify_trace(self, tenant_id: str, session_id: str) -> ChainReport:
         return check_chain(await self.trace(tenant_id, session_id))

@@ -353,13 +353,16 @@ class SqlState:
 
     async def events(
         self,
+        tenant_id: str,
         session_id: str,
         *,
         event_type: str | None = None,
         since_sequence: int | None = None,
         limit: int | None = None,
     ) -> list[TraceEvent]:
-        query: Select[Any] = select(EventRow.line).where(EventRow.session_id == session_id)
+        query: Select[Any] = select(EventRow.line).where(
+            EventRow.tenant_id == tenant_id, EventRow.session_id == session_id
+        )
         if event_type is not None:
             query = query.where(EventRow.event_type == event_type)
         if since_sequence is not None:
@@ -370,11 +373,13 @@ class SqlState:
         async with self.engine.connect() as conn:
             return [codec.event_from(line) for line in (await conn.execute(query)).scalars()]
 
-    async def event_lines(self, session_id: str) -> list[str]:
+    async def event_lines(self, tenant_id: str, session_id: str) -> list[str]:
         """The session's stored lines, exactly as written, in chain order."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(
-                select(EventRow.line).where(EventRow.session_id == session_id).order_by(EventRow.sequence)
+                select(EventRow.line)
+                .where(EventRow.tenant_id == tenant_id, EventRow.session_id == session_id)
+                .order_by(EventRow.sequence)
             )
             return list(rows.scalars())
 
