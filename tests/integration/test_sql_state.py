@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from cra.errors import ConflictError
 from cra.protocol.atlas import AtlasRef
 from cra.runtime.approvals import Approval
+from cra.runtime.ledger import entry_of
 from cra.runtime.records import AtlasRecord, AttestationClaim, IdempotentCall, ResolutionRecord, Session, SnapshotKeys
 from cra.runtime.workspace import Changes, Snapshot, Workspace
 from cra.store.database import alembic_config, open_state
@@ -531,7 +532,7 @@ def test_an_event_at_a_taken_position_conflicts_and_writes_nothing_else(state_ur
     assert got["snap"].idempotency == {}
     assert got["snap"].approvals == {}
     assert got["lines"] == [dumps_event(e) for e in events]
-    assert got["unsealed"] == events
+    assert got["unsealed"] == [entry_of(e) for e in events]
     assert got["sessions"] == ([session], 1)
 
 
@@ -790,11 +791,11 @@ def test_unsealed_events_come_in_commit_order_with_their_claims(state_url: str) 
 
     got = run(state_url, body)
     expected = [
-        (a_events[0], None),
-        (a_events[1], claim_a1),
-        (b_events[0], claim_b0),
-        (a_events[2], claim_a2),
-        (b_events[1], None),
+        (entry_of(a_events[0]), None),
+        (entry_of(a_events[1]), claim_a1),
+        (entry_of(b_events[0]), claim_b0),
+        (entry_of(a_events[2]), claim_a2),
+        (entry_of(b_events[1]), None),
     ]
     assert [(e, c) for _, e, c in got["everything"]] == expected
     rows = [row for row, _, _ in got["everything"]]
@@ -827,7 +828,7 @@ def test_mark_sealed_handles_more_rows_than_one_statement_takes(state_url: str) 
 
     count, left, ids = run(state_url, body)
     assert count == 1203
-    assert left == events[1201:]
+    assert left == [entry_of(e) for e in events[1201:]]
     assert ids == [e.event_id for e in events]
 
 

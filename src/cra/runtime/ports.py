@@ -255,8 +255,9 @@ class StateStore(Protocol):
 
     async def commit(self, changes: Changes) -> None: ...
 
-    async def unsealed(self, limit: int = 10_000) -> list[tuple[int, TraceEvent, AttestationClaim | None]]:
-        """Committed events not yet sealed into the ledger, in insertion order, with their claims."""
+    async def unsealed(self, limit: int = 10_000) -> list[tuple[int, LedgerEntry, AttestationClaim | None]]:
+        """Committed events not yet sealed into the ledger, in insertion order, as ledger entries
+        (the exact bytes of each event's line), with their claims."""
         ...
 
     async def mark_sealed(self, row_ids: Sequence[int]) -> None: ...

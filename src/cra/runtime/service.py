@@ -469,12 +469,12 @@ class GovernanceService:
                 batch = await self.state.unsealed()
                 if not batch:
                     return sealed
-                events: list[TraceEvent] = [event for _, event, _ in batch]
+                entries = [entry for _, entry, _ in batch]
                 claims: list[AttestationClaim] = [claim for _, _, claim in batch if claim is not None]
                 try:
-                    await asyncio.to_thread(ledger.append, events, claims)
+                    await asyncio.to_thread(ledger.append_entries, entries, claims)
                 except (CRAError, OSError) as exc:
-                    raise LedgerError(f"the ledger could not seal {len(events)} committed events: {exc}") from exc
+                    raise LedgerError(f"the ledger could not seal {len(entries)} committed events: {exc}") from exc
                 await self.state.mark_sealed([row_id for row_id, _, _ in batch])
                 sealed += len(batch)
 

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cra.errors import ConflictError
 from cra.runtime.approvals import Approval
+from cra.runtime.ports import LedgerEntry
 from cra.runtime.records import AtlasRecord, AttestationClaim, DecisionQuery, DecisionRecord, Session, SnapshotKeys
 from cra.runtime.workspace import Changes, Snapshot
 from cra.store import _codec as codec
@@ -294,19 +295,21 @@ class SqlState:
 
     # -- sealing --------------------------------------------------------------
 
-    async def unsealed(self, limit: int = 10_000) -> list[tuple[int, TraceEvent, AttestationClaim | None]]:
-        """Committed events not yet sealed into the ledger, in insertion order (each chain in order)."""
+    async def unsealed(self, limit: int = 10_000) -> list[tuple[int, LedgerEntry, AttestationClaim | None]]:
+        """Committed events not yet sealed into the ledger, in insertion order (each chain in order),
+        as the ledger's entries: the stored line is the leaf. Only events with a claim are parsed."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(
-                select(EventRow.id, EventRow.line, EventRow.claim)
+                select(EventRow.id, EventRow.event_id, EventRow.session_id, EventRow.line, EventRow.claim)
                 .where(EventRow.sealed.is_(False))
                 .order_by(EventRow.id)
                 .limit(limit)
             )
-            out = []
+            out: list[tuple[int, LedgerEntry, AttestationClaim | None]] = []
             for row in rows:
-                event = codec.event_from(row.line)
-                out.append((row.id, event, None if row.claim is None else codec.claim_from(event, row.claim)))
+                entry = LedgerEntry(row.event_id, row.session_id, row.line.encode("utf-8"))
+                claim = None if row.claim is None else codec.claim_from(codec.event_from(row.line), row.claim)
+                out.append((row.id, entry, claim))
             return out
 
     async def mark_sealed(self, row_ids: Sequence[int]) -> None:
