@@ -10,7 +10,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,35 @@ def latency_summary(samples_ns: Sequence[int]) -> dict[str, float]:
         "min": round(ordered[0] / 1000, 3),
         "max": round(ordered[-1] / 1000, 3),
     }
+
+
+def _empty() -> None:
+    return None
+
+
+def call_anchors(n: int, *, timed_like: str, **operations: Callable[[], object]) -> dict[str, Any]:
+    """The named anchors of a run: the p50 of a timer read, of an empty Python call and of each
+    extra operation, each timed one call at a time exactly as the workloads are."""
+    clock = time.perf_counter_ns
+    gc.collect()
+    timer: list[int] = []
+    for _ in range(n):
+        t0 = clock()
+        t1 = clock()
+        timer.append(t1 - t0)
+    out: dict[str, Any] = {
+        "method": f"p50 of single operations, each timed like {timed_like} (one timer read included)",
+        "timer_overhead_p50_ns": p50_ns(timer),
+    }
+    for name, operation in {"empty_call": _empty, **operations}.items():
+        samples: list[int] = []
+        for _ in range(n):
+            t0 = clock()
+            operation()
+            t1 = clock()
+            samples.append(t1 - t0)
+        out[f"{name}_p50_ns"] = p50_ns(samples)
+    return out
 
 
 def environment(**extra: Any) -> dict[str, Any]:

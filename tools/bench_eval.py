@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from _bench import Target, attach_targets, emit, environment, latency_summary, p50_ns
+from _bench import Target, attach_targets, call_anchors, emit, environment, latency_summary, p50_ns
 from cra import Decision, Engine, MemoryEventStore, Resolver, SystemClock, SystemIds, TraceEvent, verify_chain
 from cra.policy.resolve import evaluate_actions, policy_event_payload
 from cra.trace.event import build_event, format_timestamp
@@ -242,39 +242,20 @@ def check_semantics(engine: Engine) -> None:
 # -- measuring -----------------------------------------------------------------------------------------------------
 
 
-def _empty() -> None:
-    return None
-
-
 def measure_anchors(n: int) -> dict[str, Any]:
-    """Per-call costs of trivial operations, timed exactly as the workloads are (timer read included)."""
+    """The shared anchors, and a dict lookup timed inline (no call around it), as the workloads are."""
+    anchors = call_anchors(n, timed_like="Engine.evaluate")
     clock = time.perf_counter_ns
-    timer: list[int] = []
-    empty: list[int] = []
-    lookup: list[int] = []
     table = {action: i for i, action in enumerate(f"{r}.{v}" for r in RESOURCES for v in VERBS)}
     key = "payments.update"
-    gc.collect()
-    for _ in range(n):
-        t0 = clock()
-        t1 = clock()
-        timer.append(t1 - t0)
-    for _ in range(n):
-        t0 = clock()
-        _empty()
-        t1 = clock()
-        empty.append(t1 - t0)
+    lookup: list[int] = []
     for _ in range(n):
         t0 = clock()
         _ = table[key]
         t1 = clock()
         lookup.append(t1 - t0)
-    return {
-        "method": "p50 of single operations, each timed like Engine.evaluate (one timer read included)",
-        "timer_overhead_p50_ns": p50_ns(timer),
-        "empty_call_p50_ns": p50_ns(empty),
-        "dict_lookup_p50_ns": p50_ns(lookup),
-    }
+    anchors["dict_lookup_p50_ns"] = p50_ns(lookup)
+    return anchors
 
 
 # -- workloads -----------------------------------------------------------------------------------------------------

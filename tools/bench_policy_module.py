@@ -43,7 +43,7 @@ from typing import Any, Final
 
 import wasmtime
 
-from _bench import Target, attach_targets, emit, environment, latency_summary, p50_ns
+from _bench import Target, attach_targets, call_anchors, emit, environment, latency_summary
 from cra.sandbox.policy_module import ModuleVerdict, PolicyModule
 from cra.trace.event import format_timestamp
 
@@ -103,32 +103,6 @@ QUICK: Final = Counts(
 TARGETS: Final[dict[str, dict[str, Target]]] = {
     "policy-module-fast": {"p50_us": Target(15.0)},
 }
-
-
-def _empty() -> None:
-    return None
-
-
-def measure_anchors(n: int) -> dict[str, Any]:
-    """Per-call cost of a trivial Python call, timed exactly as ``evaluate`` is (timer read included)."""
-    clock = time.perf_counter_ns
-    timer: list[int] = []
-    empty: list[int] = []
-    gc.collect()
-    for _ in range(n):
-        t0 = clock()
-        t1 = clock()
-        timer.append(t1 - t0)
-    for _ in range(n):
-        t0 = clock()
-        _empty()
-        t1 = clock()
-        empty.append(t1 - t0)
-    return {
-        "method": "p50 of single operations, each timed like PolicyModule.evaluate (one timer read included)",
-        "timer_overhead_p50_ns": p50_ns(timer),
-        "empty_call_p50_ns": p50_ns(empty),
-    }
 
 
 def time_calls(
@@ -254,7 +228,7 @@ def run(counts: Counts, seed: int, mode: str) -> dict[str, Any]:
     fast_result = bench_fixed(
         fast, counts.fast_calls, counts.warmup, "PolicyModule.evaluate(request) on the unchecked fast path"
     )
-    anchors = measure_anchors(counts.anchor_calls)
+    anchors = call_anchors(counts.anchor_calls, timed_like="PolicyModule.evaluate")
     anchors["evaluate_p50_over_empty_call"] = round(
         fast_result["latency_us"]["p50"] * 1000 / anchors["empty_call_p50_ns"], 1
     )

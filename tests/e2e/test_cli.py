@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,13 +36,17 @@ ATLAS: dict[str, Any] = {
 }
 
 
-def cra(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cra(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m cra ARGS`` as a process; ``env`` adds to this process's environment."""
     return subprocess.run(  # noqa: S603 - the project's own command line, with test arguments
         [sys.executable, "-m", "cra", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
-        timeout=120,
+        env=None if env is None else {**os.environ, **env},
+        timeout=timeout,
         check=False,
     )
 

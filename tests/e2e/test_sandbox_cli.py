@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tests.e2e.test_cli import cra as run_cra
 
 from cra.sandbox import default_cache_dir
 
@@ -16,16 +15,8 @@ RESULT_KEYS = {"ok", "reason", "exit_code", "stdout", "stderr", "fuel_used", "du
 
 
 def cra(*args: str | Path, cache: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["CRA_CACHE_DIR"] = str(cache or default_cache_dir())
-    return subprocess.run(  # noqa: S603 - the project's own command line, with test arguments
-        [sys.executable, "-m", "cra", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
+    """The command line with its sandbox cache at ``cache`` (else the user's); first builds take a while."""
+    return run_cra(*args, env={"CRA_CACHE_DIR": str(cache or default_cache_dir())}, timeout=900)
 
 
 @pytest.fixture
@@ -156,3 +147,13 @@ def test_build_wasm_writes_the_engine_component(tmp_path: Path) -> None:
     assert shown["size_bytes"] == out.stat().st_size
     assert out.read_bytes()[:4] == b"\x00asm"
     assert "cra.runtime.portable" in shown["modules"]
+
+
+def test_an_out_directory_that_cannot_be_written_is_a_clear_error(tmp_path: Path, script: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the output directory should be")
+    args = ("sandbox", "run", script, "--input", script.parent / "numbers.json", "--out", blocker)
+    result = cra(*args)
+    assert result.returncode == 2
+    assert "--out" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -986,3 +986,18 @@ def test_a_full_disk_is_a_ledger_error_and_the_resolver_keeps_the_events_to_seal
         ledger.audit()
     finally:
         ledger.close()
+
+
+def test_a_failing_ledger_database_is_a_ledger_error(tmp_path: Path) -> None:
+    url = _migrated(sqlite_url(tmp_path / "state.sqlite3"))
+    store = SqlLedgerStore(url, origin=ORIGIN)
+    try:
+        with sqlite3.connect(tmp_path / "state.sqlite3") as db:
+            db.execute("DROP TABLE ledger_entries")
+        for read in (store.size, lambda: store.entries(0, 1), lambda: store.find(["x"]), lambda: store.session("s")):
+            with pytest.raises(LedgerError, match="cannot answer"):
+                read()
+        with pytest.raises(LedgerError):
+            store.append(0, [make_entry(0)], [])
+    finally:
+        store.close()

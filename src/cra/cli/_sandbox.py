@@ -100,7 +100,10 @@ def sandbox_run(
     except SandboxError as exc:
         fail(exc, as_json=as_json)
     if out is not None:
-        _write_outputs(out, dict(result.files))
+        try:
+            _write_outputs(out, dict(result.files))
+        except OSError as exc:
+            fail(f"--out {out}: the run's files cannot be written there: {exc.strerror or exc}", as_json=as_json)
     if as_json:
         shown = result.to_json(with_files=False)
         shown["files"] = sorted(result.files)

@@ -30,6 +30,7 @@ Errors are ``{"error": {"code", "message", "path", "reason"}}``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -103,7 +104,7 @@ def _error(exc: CRAError) -> str:
     return canonical_json({"error": error})
 
 
-def _input(text: str, check: Any) -> dict[str, Any]:
+def _input(text: str, check: Callable[[object], None]) -> dict[str, Any]:
     value = parse_json(text, source=None, error=ProtocolError)
     check(value)
     assert isinstance(value, dict)

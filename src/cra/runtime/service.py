@@ -441,9 +441,9 @@ class GovernanceService:
             self._seal_wanted.clear()
             try:
                 await self.flush()
-            except LedgerError:
-                _log.exception("the ledger could not seal committed events; they stay marked unsealed")
-                await asyncio.sleep(1.0)  # a failing ledger is retried, not spun on
+            except Exception:  # noqa: BLE001 - the ledger or the state store failing must not end the sealer
+                _log.exception("committed events could not be sealed; they stay marked unsealed and are retried")
+                await asyncio.sleep(1.0)  # retried, not spun on
                 self._seal_wanted.set()
 
     async def flush(self) -> None:

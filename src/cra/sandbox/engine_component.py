@@ -28,6 +28,7 @@ import wasmtime
 from wasmtime import component as wc
 
 from cra.errors import SandboxError
+from cra.sandbox._traps import trap_causes
 from cra.sandbox.artifacts import GUEST_DIR, componentize
 
 __all__ = ["EngineBuild", "EngineComponent", "build_engine"]
@@ -149,7 +150,7 @@ class EngineComponent:
                 raise SandboxError(f"the component exports no {name} function")
             answer = func(store, text)
         except wasmtime.WasmtimeError as exc:
-            cause = str(exc).rsplit("Caused by:", 1)[-1].strip()
+            cause = "; ".join(trap_causes(str(exc))) or type(exc).__name__
             raise SandboxError(f"the engine component trapped in {name}: {cause[:500]}") from None
         if not isinstance(answer, str):
             raise SandboxError(f"the engine component's {name} answered {type(answer).__name__}, not text")

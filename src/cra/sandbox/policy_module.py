@@ -69,6 +69,7 @@ from wasmtime import _bindings as _raw
 
 from cra.errors import PolicyError
 from cra.policy.modules import ModuleAnswer, ModuleEvaluator, ModuleLimits
+from cra.sandbox._traps import trap_causes
 
 __all__ = ["MAX_ANSWER_BYTES", "MAX_REQUEST_BYTES", "ModuleVerdict", "PolicyModule", "load_policy_module"]
 
@@ -139,33 +140,20 @@ def _shared_engine() -> wasmtime.Engine:
 # -- messages ------------------------------------------------------------------------------------------------------
 
 
-def _causes(message: str) -> list[str]:
-    """The lines after wasmtime's ``Caused by:``, without their ``0:`` numbering and ``wasm trap:`` prefix."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    if "Caused by:" not in lines:
-        return lines[:1]
-    out = []
-    for line in lines[lines.index("Caused by:") + 1 :]:
-        head, sep, rest = line.partition(": ")
-        text = rest if sep and head.isdigit() else line
-        out.append(text.removeprefix("wasm trap: "))
-    return out
-
-
 def _compile_message(message: str) -> str:
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     head = lines[0] if lines else "unknown error"
     where = next((line.removeprefix("--> ") for line in lines if line.startswith("--> ")), None)
     if where is not None:
         return f"{head} (at {where})"
-    causes = _causes(message)
+    causes = trap_causes(message)
     return f"{head}: {causes[-1]}" if "Caused by:" in lines and causes else head
 
 
 def _trap_failure(code: wasmtime.TrapCode | None, message: str, where: str, fuel: int) -> tuple[str, str]:
     if code is wasmtime.TrapCode.OUT_OF_FUEL:
         return "out_of_fuel", f"the policy module ran out of fuel in {where} (budget {fuel})"
-    causes = _causes(message)
+    causes = trap_causes(message)
     text = causes[-1] if causes else "unknown trap"
     if len(causes) > 1:
         text += " (" + "; ".join(causes[:-1]) + ")"

@@ -30,6 +30,7 @@ from wasmtime import component as wc
 
 from cra.errors import SandboxError
 from cra.runtime.code import CodeResult, CodeRun
+from cra.sandbox._traps import trap_causes
 from cra.sandbox.artifacts import Artifact, default_cache_dir, ensure_artifact
 from cra.sandbox.scratch import Scratch
 from cra.sandbox.virtual import RunState, StopRun
@@ -160,8 +161,8 @@ def _classify(exc: wasmtime.WasmtimeError) -> tuple[str, str]:
     if stop is not None:
         return stop.reason, stop.message
     text = str(exc)
-    cause = text.rsplit("Caused by:", 1)[-1].strip().splitlines()
-    cause_line = cause[0].strip() if cause else type(exc).__name__
+    causes = trap_causes(text)
+    cause_line = causes[-1] if causes else type(exc).__name__
     if "all fuel consumed" in text:
         return "out_of_fuel", "the code used all its fuel"
     if "wasm trap: interrupt" in text:

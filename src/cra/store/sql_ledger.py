@@ -17,7 +17,8 @@ duplicate event id or index is a unique-constraint violation, a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, delete, event, func, insert, inspect, select, text
@@ -67,8 +68,18 @@ def _engine(url: str) -> Engine:
     return engine
 
 
+@contextlib.contextmanager
+def _database() -> Iterator[None]:
+    """A database that fails is a :class:`~cra.errors.LedgerError`, never a driver's exception."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise LedgerError(f"the ledger database cannot answer: {getattr(exc, 'orig', None) or exc}") from exc
+
+
 class SqlLedgerStore:
-    """A :class:`~cra.runtime.ports.LedgerStore` in the tables of migration 0003."""
+    """A :class:`~cra.runtime.ports.LedgerStore` in the tables of migration 0003. Every failure of
+    the database is a :class:`~cra.errors.LedgerError` (a lost race, :class:`~cra.errors.LedgerConflict`)."""
 
     def __init__(self, url: str, *, origin: str) -> None:
         self._engine = _engine(url)
@@ -111,7 +122,7 @@ class SqlLedgerStore:
         return int(conn.execute(select(func.coalesce(func.max(_ENTRIES.c.idx) + 1, 0))).scalar_one())
 
     def size(self) -> int:
-        with self._engine.connect() as conn:
+        with _database(), self._engine.connect() as conn:
             return self._size(conn)
 
     def append(
@@ -162,7 +173,7 @@ class SqlLedgerStore:
 
     def _in(self, columns: Sequence[Any], key: Any, values: Sequence[Any]) -> list[Any]:
         rows: list[Any] = []
-        with self._engine.connect() as conn:
+        with _database(), self._engine.connect() as conn:
             for i in range(0, len(values), _CHUNK):
                 rows.extend(conn.execute(select(*columns).where(key.in_(values[i : i + _CHUNK]))).all())
         return rows
@@ -176,7 +187,7 @@ class SqlLedgerStore:
             .where(_ENTRIES.c.idx >= start, _ENTRIES.c.idx < stop)
             .order_by(_ENTRIES.c.idx)
         )
-        with self._engine.connect() as conn:
+        with _database(), self._engine.connect() as conn:
             return [LedgerEntry(e, s, bytes(d)) for e, s, d in conn.execute(query)]
 
     def find(self, event_ids: Sequence[str]) -> dict[str, int]:
@@ -185,11 +196,11 @@ class SqlLedgerStore:
 
     def session(self, session_id: str) -> list[int]:
         query = select(_ENTRIES.c.idx).where(_ENTRIES.c.session_id == session_id).order_by(_ENTRIES.c.idx)
-        with self._engine.connect() as conn:
+        with _database(), self._engine.connect() as conn:
             return [int(i) for i in conn.execute(query).scalars()]
 
     def put_checkpoint(self, size: int, note: str) -> None:
-        with self._engine.begin() as conn:
+        with _database(), self._engine.begin() as conn:
             self._put_checkpoint(conn, size, note)
 
     def checkpoint(self, size: int | None = None) -> tuple[int, str] | None:
@@ -198,22 +209,22 @@ class SqlLedgerStore:
             query = query.order_by(_CHECKPOINTS.c.size.desc()).limit(1)
         else:
             query = query.where(_CHECKPOINTS.c.size == size)
-        with self._engine.connect() as conn:
+        with _database(), self._engine.connect() as conn:
             row = conn.execute(query).first()
         return None if row is None else (int(row[0]), str(row[1]))
 
     def checkpoints(self) -> list[tuple[int, str]]:
         query = select(_CHECKPOINTS.c.size, _CHECKPOINTS.c.note).order_by(_CHECKPOINTS.c.size)
-        with self._engine.connect() as conn:
+        with _database(), self._engine.connect() as conn:
             return [(int(s), str(n)) for s, n in conn.execute(query)]
 
     def attestation(self, attestation_id: str) -> StoredAttestation | None:
         query = select(*_ATTESTATIONS.c).where(_ATTESTATIONS.c.attestation_id == attestation_id)
-        with self._engine.connect() as conn:
+        with _database(), self._engine.connect() as conn:
             row = conn.execute(query).first()
         return None if row is None else StoredAttestation(row.attestation_id, row.idx, row.session_id, row.note)
 
     def attestations(self, session_id: str) -> list[StoredAttestation]:
         query = select(*_ATTESTATIONS.c).where(_ATTESTATIONS.c.session_id == session_id).order_by(_ATTESTATIONS.c.idx)
-        with self._engine.connect() as conn:
+        with _database(), self._engine.connect() as conn:
             return [StoredAttestation(r.attestation_id, r.idx, r.session_id, r.note) for r in conn.execute(query)]
