@@ -1,7 +1,7 @@
-"""Every message the runtime emits validates against the shared CRA/1.0 schemas.
+"""Every message the runtime emits validates against the normative CRA/1.0 schemas.
 
-The schemas are read from the shared conformance directory (not the package's
-copies), and each event payload is also checked against the payload definition
+The schemas are read from the vendored conformance data (``tests/vectors``, not the
+package's copies), and each event payload is also checked against the payload definition
 the trace schema gives for its event type.
 """
 
@@ -168,7 +168,7 @@ def test_events_validate(messages: dict[str, Any], cra10: Path) -> None:
     check_event = _compile(schema)
     payload_checks = {t: _compile({**schema["$defs"][d], "$defs": schema["$defs"]}) for t, d in PAYLOAD_DEFS.items()}
     # CRA's one documented extension (docs/protocol.md): an approval is not a denial, so
-    # policy.evaluated also records result "requires_approval". Checked against the shared
+    # policy.evaluated also records result "requires_approval". Checked against the normative
     # definition with exactly that value added, and nothing else changed.
     extended = copy.deepcopy(schema["$defs"]["PolicyEvaluatedPayload"])
     extended["properties"]["result"]["enum"].append("requires_approval")

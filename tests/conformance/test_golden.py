@@ -50,7 +50,7 @@ def golden(cra10: Path) -> Path:
 def package(golden: Path, tmp_path: Path) -> Path:
     """The golden atlas as a package, with the context file its manifest references.
 
-    The shared golden directory lacks ``context/overview.md``; CRA refuses such an
+    The golden directory lacks ``context/overview.md``; CRA refuses such an
     atlas (see test_the_golden_atlas_alone_is_refused), so the test supplies one.
     """
     shutil.copy(golden / "atlas.json", tmp_path / "atlas.json")

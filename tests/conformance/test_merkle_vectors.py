@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import shared_dir
+from tests.conftest import VECTORS
 
 from cra.errors import ProofError
 from cra.ledger.merkle import root_from_inclusion, verify_consistency, verify_inclusion
 
-VECTORS = shared_dir() / "conformance" / "tlog" / "merkle-testdata"
-INCLUSION = sorted((VECTORS / "inclusion").rglob("*.json"))
-CONSISTENCY = sorted((VECTORS / "consistency").rglob("*.json"))
+MERKLE = VECTORS / "tlog" / "merkle-testdata"
+INCLUSION = sorted((MERKLE / "inclusion").rglob("*.json"))
+CONSISTENCY = sorted((MERKLE / "consistency").rglob("*.json"))
 
 # The full transparency-dev set: a missing or partly copied directory must not pass vacuously.
 EXPECTED_INCLUSION = 98
@@ -28,7 +28,7 @@ EXPECTED_CONSISTENCY = 98
 
 
 def _id(path: Path) -> str:
-    return path.relative_to(VECTORS).as_posix()
+    return path.relative_to(MERKLE).as_posix()
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import queue
 import socket
 from typing import IO
 
+#: Each xdist worker takes ports from its own block below Linux's ephemeral range (32768 and up), so two workers
+#: never pick the same port, and no outgoing connection's local port is ever picked.
+_BLOCK = 500
+_FIRST = 20_000
+_next = itertools.count()
+
+
+def _worker_number() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # "gw3", or unset without xdist
+    return int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
+
 
 def free_port() -> int:
-    """A loopback port nobody listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port nobody listens on now, from this worker's own block."""
+    base = _FIRST + _BLOCK * (_worker_number() % 20)
+    for _ in range(_BLOCK):
+        port = base + next(_next) % _BLOCK
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {base}..{base + _BLOCK - 1}")
 
 
 def pump(stream: IO[str], lines: queue.Queue[str]) -> None:

@@ -58,7 +58,17 @@ class Serve:
         self.url = f"http://127.0.0.1:{port}"
         self._log_path = log
         self._log = log.open("w")
-        command = [sys.executable, "-m", "cra", "serve", "--data-dir", str(data_dir), "--port", str(port)]
+        command = [
+            sys.executable,
+            "-m",
+            "cra",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--no-sandbox",
+        ]
         self.process = subprocess.Popen(  # noqa: S603 - the project's own command line
             [*command, "--key-rate", "0"],
             stdout=subprocess.PIPE,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +64,12 @@ def test_racing_processes_run_each_allowed_call_exactly_once(tmp_path: Path) -> 
 
 
 def test_a_slow_executor_does_not_stall_other_requests(tmp_path: Path) -> None:
+    started, release = threading.Event(), threading.Event()
+
     def slow(args: dict[str, Any]) -> dict[str, Any]:
-        time.sleep(1.0)
+        started.set()
+        if not release.wait(timeout=60):
+            raise TimeoutError("the test never released the executor")
         return {"done": True}
 
     async def body() -> None:
@@ -79,12 +82,15 @@ def test_a_slow_executor_does_not_stall_other_requests(tmp_path: Path) -> None:
             rid = (await service.resolve("acme", carp(AGENT, sid)))["resolution_id"]
             execution = {"resolution_id": rid, "action_id": "order.lookup", "parameters": {"order_id": "1"}}
             running = asyncio.ensure_future(service.execute("acme", carp(AGENT, sid, "execute", execution=execution)))
-            await asyncio.sleep(0.2)  # the executor is now sleeping in its thread
-            # Another session's resolve completes while the executor still runs.
+            # Wait, without blocking the loop, until the executor holds its thread.
+            assert await asyncio.to_thread(started.wait, 60)
+            # Another session's resolve completes while the executor is still held.
             await service.resolve("acme", carp(AGENT, other))
             assert not running.done()
+            release.set()
             assert (await running)["status"] == "success"
         finally:
+            release.set()
             await booted.close()
 
     asyncio.run(body())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -23,7 +22,6 @@ from typing import Any
 import httpx
 import pytest
 from tests.e2e._service import carp
-from tests.integration.conftest import POSTGRES_ENV, postgres_database
 
 from cra.errors import LedgerError, ProofError
 from cra.ledger.attestation import open_attestation, verify_attestation
@@ -81,18 +79,16 @@ class Where:
     seal_in_background: bool = False
 
 
-@pytest.fixture(params=["sqlite", "sqlite-sealing-in-background", "postgresql"])
+@pytest.fixture(
+    params=["sqlite", "sqlite-sealing-in-background", pytest.param("postgresql", marks=pytest.mark.services)]
+)
 def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Where]:
     """Each test runs three times: the ledger in the data directory, sealed on the request path or
     in the background (as ``cra serve`` does), and the ledger in PostgreSQL."""
     if request.param.startswith("sqlite"):
         yield Where(tmp_path, seal_in_background=request.param != "sqlite")
         return
-    base = os.environ.get(POSTGRES_ENV)
-    if not base:
-        pytest.fail(f"{POSTGRES_ENV} is not set; the PostgreSQL ledger cannot be tested", pytrace=False)
-    for url in postgres_database(base):
-        yield Where(tmp_path, url)
+    yield Where(tmp_path, request.getfixturevalue("postgres_db"))
 
 
 @asynccontextmanager

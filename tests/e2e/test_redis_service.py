@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from tests.e2e._service import PROBLEM, SUPPORT, carp
 
 from cra.cache import RedisCounters
@@ -21,16 +19,8 @@ from cra.server.app import create_app
 from cra.server.auth import issue_key
 from cra.server.boot import Booted, boot, load_atlas_dirs
 
-REDIS_ENV = "CRA_TEST_REDIS_URL"
 AGENT = "support-bot"
 REPLY = {"ticket_id": "T-1", "message": "On its way."}
-
-
-def _url() -> str:
-    url = os.environ.get(REDIS_ENV)
-    if not url:
-        pytest.skip(f"{REDIS_ENV} is not set (e.g. redis://127.0.0.1:6379/0)")
-    return url
 
 
 def _sent(args: dict[str, Any]) -> dict[str, Any]:
@@ -51,8 +41,8 @@ async def agent_key(booted: Booted, tenant: str) -> dict[str, str]:
     return {"X-API-Key": token}
 
 
-def test_two_processes_share_one_rate_limit_and_see_atlas_changes_at_once(tmp_path: Path) -> None:
-    url = _url()
+def test_two_processes_share_one_rate_limit_and_see_atlas_changes_at_once(tmp_path: Path, redis_url: str) -> None:
+    url = redis_url
     tenant = f"t-{uuid.uuid4().hex[:12]}"  # counters and caches are keyed by tenant: a fresh one per run
 
     async def body() -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from tests.e2e.test_cli import cra as run_cra
 
-from cra.sandbox import default_cache_dir
+from cra.sandbox import WasmSandbox, default_cache_dir
 
 RESULT_KEYS = {"ok", "reason", "exit_code", "stdout", "stderr", "fuel_used", "duration_ms"}
 
@@ -20,7 +21,14 @@ def cra(*args: str | Path, cache: Path | None = None) -> subprocess.CompletedPro
 
 
 @pytest.fixture
-def script(tmp_path: Path) -> Path:
+def script(job: Path, wasm_sandbox: WasmSandbox) -> Path:
+    """The job, for the sandbox in the user's cache, which ``wasm_sandbox`` has built (or the test is skipped)."""
+    return job
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Path:
+    """A job for tests that never reach the sandbox itself."""
     path = tmp_path / "job.py"
     path.write_text(
         "import json, random\n"
@@ -32,7 +40,8 @@ def script(tmp_path: Path) -> Path:
     return path
 
 
-def test_first_use_builds_the_sandbox_and_later_uses_load_it(tmp_path: Path, script: Path) -> None:
+@pytest.mark.slow
+def test_first_use_builds_the_sandbox_and_later_uses_load_it(tmp_path: Path, job: Path, wasm_builds: None) -> None:
     cache = tmp_path / "empty-cache"
     built = cra("sandbox", "build", "--json", cache=cache)
     assert built.returncode == 0, built.stderr
@@ -45,15 +54,23 @@ def test_first_use_builds_the_sandbox_and_later_uses_load_it(tmp_path: Path, scr
 
     again = json.loads(cra("sandbox", "build", "--json", cache=cache).stdout)
     assert (again["built"], again["key"]) == (False, first["key"])
-    run = cra("sandbox", "run", script, "--input", script.parent / "numbers.json", "--json", cache=cache)
+    run = cra("sandbox", "run", job, "--input", job.parent / "numbers.json", "--json", cache=cache)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["stdout"].startswith("6 ")
 
 
-def test_a_tampered_artifact_is_rebuilt_not_loaded(tmp_path: Path, script: Path) -> None:
+@pytest.mark.slow
+def test_a_tampered_artifact_is_rebuilt_not_loaded(
+    tmp_path: Path, wasm_sandbox: WasmSandbox, wasm_builds: None
+) -> None:
+    built = wasm_sandbox.prepare()
     cache = tmp_path / "cache"
-    first = json.loads(cra("sandbox", "build", "--json", cache=cache).stdout)
-    artifact = Path(first["path"])
+    shutil.copytree(built.path.parent, cache / "sandbox" / built.key, ignore=shutil.ignore_patterns(".lock", "build-*"))
+    for directory in (cache, cache / "sandbox", cache / "sandbox" / built.key):
+        directory.chmod(0o700)
+    found = json.loads(cra("sandbox", "build", "--json", cache=cache).stdout)
+    assert (found["built"], found["key"]) == (False, built.key)  # the copy is found as it is
+    artifact = Path(found["path"])
     with open(artifact, "r+b") as handle:
         handle.seek(4096)
         handle.write(b"\x00" * 64)
@@ -61,11 +78,11 @@ def test_a_tampered_artifact_is_rebuilt_not_loaded(tmp_path: Path, script: Path)
     assert again["built"] is True
 
 
-def test_a_cache_open_to_others_is_refused(tmp_path: Path, script: Path) -> None:
+def test_a_cache_open_to_others_is_refused(tmp_path: Path, job: Path) -> None:
     cache = tmp_path / "shared-cache"
     cache.mkdir(mode=0o777)
     cache.chmod(0o777)
-    result = cra("sandbox", "run", script, cache=cache)
+    result = cra("sandbox", "run", job, cache=cache)
     assert result.returncode == 2
     assert "writable by others" in result.stderr
 
@@ -86,7 +103,7 @@ def test_run_prints_the_result_as_json_and_writes_outputs(tmp_path: Path, script
     assert other["stdout"] != shown["stdout"]
 
 
-def test_plain_output_passes_stdout_and_stderr_through(tmp_path: Path) -> None:
+def test_plain_output_passes_stdout_and_stderr_through(tmp_path: Path, wasm_sandbox: WasmSandbox) -> None:
     path = tmp_path / "talk.py"
     path.write_text("import sys\nprint('out')\nprint('err', file=sys.stderr)\n")
     result = cra("sandbox", "run", path)
@@ -103,7 +120,7 @@ def test_plain_output_passes_stdout_and_stderr_through(tmp_path: Path) -> None:
     ],
 )
 def test_a_run_that_fails_exits_non_zero_and_says_why(
-    tmp_path: Path, code: str, options: tuple[str, ...], reason: str
+    tmp_path: Path, wasm_sandbox: WasmSandbox, code: str, options: tuple[str, ...], reason: str
 ) -> None:
     path = tmp_path / "bad.py"
     path.write_text(code)
@@ -126,19 +143,24 @@ def test_a_run_that_fails_exits_non_zero_and_says_why(
         (("--input", "/nonexistent/file"), "no such file or directory"),
     ],
 )
-def test_bad_options_are_clear_errors(script: Path, options: tuple[str, ...], message: str) -> None:
-    result = cra("sandbox", "run", script, *options, "--json")
+def test_bad_options_are_clear_errors(tmp_path: Path, job: Path, options: tuple[str, ...], message: str) -> None:
+    unused = tmp_path / "unused-cache"
+    result = cra("sandbox", "run", job, *options, "--json", cache=unused)
     assert result.returncode == 2
     assert message in json.loads(result.stdout)["message"]
+    assert not unused.exists()  # refused before the sandbox was built or loaded
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    result = cra("sandbox", "run", tmp_path / "nope.py")
+    unused = tmp_path / "unused-cache"
+    result = cra("sandbox", "run", tmp_path / "nope.py", cache=unused)
     assert result.returncode == 2
     assert "nope.py" in result.stderr
+    assert not unused.exists()
 
 
-def test_build_wasm_writes_the_engine_component(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_build_wasm_writes_the_engine_component(tmp_path: Path, wasm_builds: None) -> None:
     out = tmp_path / "dist" / "cra-engine.wasm"
     result = cra("build-wasm", "--out", out, "--json")
     assert result.returncode == 0, result.stderr

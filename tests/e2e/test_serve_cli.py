@@ -30,7 +30,17 @@ class Server:
         self._log = log.open("w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(  # noqa: S603 - the project's own command line
-            [sys.executable, "-m", "cra", "serve", "--data-dir", str(data_dir), "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "cra",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(self.port),
+                "--no-sandbox",
+            ],
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,

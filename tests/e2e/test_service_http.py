@@ -2,7 +2,7 @@
 
 Every test boots the service in a temporary data directory, issues API keys,
 loads atlases and talks to the FastAPI app through ``httpx.ASGITransport``.
-Expectations come from the customer-support example atlas, the shared CRA 1.0
+Expectations come from the customer-support example atlas, the CRA 1.0
 conformance data and the permission matrix, not from the responses themselves.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import fastjsonschema
 import httpx
 from tests.conformance.test_golden import match
-from tests.conftest import shared_dir
+from tests.conftest import CRA10
 from tests.e2e._service import PROBLEM, SUPPORT, SUPPORT_ID, Env, carp, now, run
 
 from cra.protocol.validation import validate
@@ -266,17 +266,16 @@ def test_governed_flow_with_approvals_and_a_verifiable_trace(tmp_path: Path) -> 
 
 
 def test_golden_resolution_over_http(tmp_path: Path) -> None:
-    cra10 = shared_dir() / "conformance" / "cra-1.0"
-    golden = cra10 / "conformance" / "golden" / "simple-resolve"
+    golden = CRA10 / "conformance" / "golden" / "simple-resolve"
     manifest = json.loads((golden / "atlas.json").read_text())
     request = json.loads((golden / "request.json").read_text())
     expected = json.loads((golden / "expected-resolution.json").read_text())
-    schema = fastjsonschema.compile(json.loads((cra10 / "schemas" / "carp-resolution.schema.json").read_text()))
+    schema = fastjsonschema.compile(json.loads((CRA10 / "schemas" / "carp-resolution.schema.json").read_text()))
 
     async def body(env: Env) -> None:
         author = await env.key("conformance", "policy_author")
         agent = await env.key("conformance", "agent", agent="test-agent")
-        # The shared golden directory lacks the context file its manifest names (as in test_golden.py).
+        # The golden directory lacks the context file its manifest names (as in test_golden.py).
         r = await env.client.post("/v1/atlases", json={"manifest": manifest}, headers=author)
         problem_of(r, 400, path="/context_packs/0/files/0")
         files = {"context/overview.md": "# Resource overview\n\nResources have an id and a name.\n"}

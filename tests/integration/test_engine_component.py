@@ -21,12 +21,15 @@ from tests.conftest import EXAMPLES
 from cra.runtime.portable import evaluate_json, resolve_json
 from cra.sandbox.engine_component import EngineComponent, build_engine
 
+#: One worker builds the component once for the whole module (pyproject's --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("engine-component")
+
 CONFORMANCE = yaml.safe_load((Path(__file__).parents[1] / "conformance" / "cases.yaml").read_text("utf-8"))
 NOW = "2025-01-06T10:00:00Z"
 
 
 @pytest.fixture(scope="module")
-def component(tmp_path_factory: pytest.TempPathFactory) -> EngineComponent:
+def engine_component(tmp_path_factory: pytest.TempPathFactory, wasm_builds: None) -> EngineComponent:
     built = build_engine(tmp_path_factory.mktemp("engine") / "cra-engine.wasm")
     assert built.size_bytes > 1_000_000
     assert "cra.runtime.resolver" in built.modules
@@ -63,7 +66,7 @@ def _same(component: EngineComponent, operation: str, value: Any) -> dict[str, A
 
 
 @pytest.mark.parametrize("seed", [2024, 7])
-def test_the_golden_resolve(component: EngineComponent, cra10: Path, seed: int) -> None:
+def test_the_golden_resolve(engine_component: EngineComponent, cra10: Path, seed: int) -> None:
     golden = cra10 / "conformance" / "golden" / "simple-resolve"
     package = {
         "package": {
@@ -72,7 +75,7 @@ def test_the_golden_resolve(component: EngineComponent, cra10: Path, seed: int) 
         }
     }
     request = json.loads((golden / "request.json").read_text("utf-8"))
-    answer = _same(component, "resolve", {"atlases": [package], "request": request, "seed": seed})
+    answer = _same(engine_component, "resolve", {"atlases": [package], "request": request, "seed": seed})
     expected = json.loads((golden / "expected-resolution.json").read_text("utf-8"))
     got = answer["resolution"]
     assert [a["action_id"] for a in got["allowed_actions"]] == [a["action_id"] for a in expected["allowed_actions"]]
@@ -81,7 +84,7 @@ def test_the_golden_resolve(component: EngineComponent, cra10: Path, seed: int) 
 
 
 @pytest.mark.parametrize("case", CONFORMANCE["policy"], ids=lambda c: c["test_id"])
-def test_the_conformance_policy_cases(component: EngineComponent, case: dict[str, Any]) -> None:
+def test_the_conformance_policy_cases(engine_component: EngineComponent, case: dict[str, Any]) -> None:
     atlas = {
         "atlas_version": "1.0",
         "atlas_id": "org.conformance.case",
@@ -94,12 +97,12 @@ def test_the_conformance_policy_cases(component: EngineComponent, case: dict[str
         {"agent": "test-agent", "action": s["action"], **({"risk_tier": s["risk_tier"]} if "risk_tier" in s else {})}
         for s in case["steps"]
     ]
-    answer = _same(component, "evaluate", {"atlas": atlas, "now": NOW, "requests": requests})
+    answer = _same(engine_component, "evaluate", {"atlas": atlas, "now": NOW, "requests": requests})
     assert [d["decision"] for d in answer["decisions"]] == [s["expected"] for s in case["steps"]]
 
 
 @pytest.mark.parametrize("case", CONFORMANCE["resolution"], ids=lambda c: c["test_id"])
-def test_the_conformance_resolution_cases(component: EngineComponent, case: dict[str, Any]) -> None:
+def test_the_conformance_resolution_cases(engine_component: EngineComponent, case: dict[str, Any]) -> None:
     packs = case.get("context_packs", [])
     caps = case.get("capabilities", [])
     actions = sorted({a for c in caps for a in c["actions"]})
@@ -117,7 +120,9 @@ def test_the_conformance_resolution_cases(component: EngineComponent, case: dict
     files = {f: f"# {p['pack_id']}\n" for p in packs for f in p["files"]}
     package = {"package": {"atlas.json": json.dumps(manifest), **files}}
     task = {"required_capabilities": case["required_capabilities"]} if "required_capabilities" in case else {}
-    answer = _same(component, "resolve", {"atlases": [package], "request": _carp(case["goal"], **task), "seed": 1})
+    answer = _same(
+        engine_component, "resolve", {"atlases": [package], "request": _carp(case["goal"], **task), "seed": 1}
+    )
     resolution = answer["resolution"]
     if "expected_pack_order" in case:
         assert [b["metadata"]["pack_id"] for b in resolution["context_blocks"]] == case["expected_pack_order"]
@@ -137,19 +142,23 @@ def _example_cases() -> list[tuple[str, str, dict[str, Any]]]:
 @pytest.mark.parametrize(
     ("atlas", "source", "case"), _example_cases(), ids=lambda v: v["name"][:60] if isinstance(v, dict) else v
 )
-def test_every_example_atlas_case(component: EngineComponent, atlas: str, source: str, case: dict[str, Any]) -> None:
+def test_every_example_atlas_case(
+    engine_component: EngineComponent, atlas: str, source: str, case: dict[str, Any]
+) -> None:
     steps = case.get("steps") or [{"request": case["request"], "expect": case["expect"]}]
     requests = [{**step["request"], "at": step.get("at", 0)} for step in steps]
     now = case.get("now", NOW)
-    answer = _same(component, "evaluate", {"atlas": _package(EXAMPLES / atlas), "now": now, "requests": requests})
+    answer = _same(
+        engine_component, "evaluate", {"atlas": _package(EXAMPLES / atlas), "now": now, "requests": requests}
+    )
     assert [d["decision"] for d in answer["decisions"]] == [s["expect"]["decision"] for s in steps]
 
 
 @pytest.mark.parametrize("atlas", sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir()))
-def test_a_resolve_over_each_example_atlas(component: EngineComponent, atlas: str) -> None:
+def test_a_resolve_over_each_example_atlas(engine_component: EngineComponent, atlas: str) -> None:
     request = _carp("Help a customer with a refund and check the deployment logs", agent="helper")
     answer = _same(
-        component, "resolve", {"atlases": [_package(EXAMPLES / atlas)], "request": request, "roles": ["agent"]}
+        engine_component, "resolve", {"atlases": [_package(EXAMPLES / atlas)], "request": request, "roles": ["agent"]}
     )
     assert "resolution" in answer, answer
 
@@ -168,7 +177,9 @@ def test_a_resolve_over_each_example_atlas(component: EngineComponent, atlas: st
         ("resolve", '{"a": ' * 300 + "1" + "}" * 300),
     ],
 )
-def test_malformed_input_gets_the_same_precise_error(component: EngineComponent, operation: str, text: str) -> None:
-    answer = _same(component, operation, text)
+def test_malformed_input_gets_the_same_precise_error(
+    engine_component: EngineComponent, operation: str, text: str
+) -> None:
+    answer = _same(engine_component, operation, text)
     assert set(answer) == {"error"}
     assert answer["error"]["code"] != "internal"

@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 from tests.conftest import EXAMPLES
-from tests.integration.conftest import POSTGRES_ENV, postgres_database
 
 from cra.errors import LedgerError, ProofError
 from cra.ledger.checkpoint import Checkpoint, checkpoint_of, open_checkpoint, sign_checkpoint
@@ -215,7 +214,7 @@ def _migrated(url: str) -> str:
     return url
 
 
-@pytest.fixture(params=["memory", "sqlite", "sql-sqlite", "sql-postgresql"])
+@pytest.fixture(params=["memory", "sqlite", "sql-sqlite", pytest.param("sql-postgresql", marks=pytest.mark.services)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "sql-sqlite":
         b = Backend(request.param, tmp_path, _migrated(sqlite_url(tmp_path / "state.sqlite3")))
@@ -223,13 +222,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         b.close()
         return
     if request.param == "sql-postgresql":
-        base = os.environ.get(POSTGRES_ENV)
-        if not base:
-            pytest.fail(f"{POSTGRES_ENV} is not set; the PostgreSQL ledger cannot be tested", pytrace=False)
-        for url in postgres_database(base):
-            b = Backend(request.param, tmp_path, _migrated(url))
-            yield b
-            b.close()
+        b = Backend(request.param, tmp_path, request.getfixturevalue("postgres_db"))
+        yield b
+        b.close()
         return
     b = Backend(request.param, tmp_path / "ledger.sqlite3")
     yield b

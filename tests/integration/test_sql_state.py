@@ -249,12 +249,12 @@ async def _bare_schema(url: str) -> tuple[set[str], str | None]:
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite+aiosqlite://")).get_current_head()
 
 
-def test_the_migrations_build_exactly_the_schema_the_models_declare(state_url: str) -> None:
+def test_the_migrations_build_exactly_the_schema_the_models_declare(blank_state_url: str) -> None:
     async def inspect_db(state: SqlState) -> tuple[list[Any], set[str], str | None]:
         async with state.engine.connect() as conn:
             return await conn.run_sync(_schema_diff), await conn.run_sync(_tables), await conn.run_sync(_revision)
 
-    diff, tables, revision = run(state_url, inspect_db)
+    diff, tables, revision = run(blank_state_url, inspect_db)
     assert diff == []
     assert tables == SERVICE_TABLES | {"alembic_version"}
     assert set(Base.metadata.tables) == SERVICE_TABLES

@@ -86,10 +86,10 @@ def test_sleep_advances_the_virtual_clock_without_waiting(wasm_sandbox: WasmSand
         "    return time.monotonic() - t\n"
         "print(round(slept, 3), round(asyncio.run(main()), 3))\n"
     )
+    # 45 virtual seconds of sleep under a 5 s deadline: a real sleep could not finish.
     result = wasm_sandbox.run(CodeRun(code, limits=Limits(timeout_s=5.0)))
     assert result.ok, result.stderr
     assert result.stdout == b"30.0 10.0\n"
-    assert result.duration_ms < 5000
 
 
 def test_files_go_in_and_come_back(wasm_sandbox: WasmSandbox) -> None:

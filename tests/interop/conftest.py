@@ -2,7 +2,7 @@
 
 The Go side is our own small CLI in ``go/cra_go_verify``, built once per session
 in GOPATH mode against Debian's ``golang-golang-x-mod-dev`` (no network, no Go
-modules). Without Go the tests are skipped, unless ``CRA_REQUIRE_GO=1`` (set by
+modules). Without Go the tests are skipped, unless ``CRA_REQUIRE_SERVICES=1`` (set by
 ``.ci/run``), which turns a missing toolchain into a failure.
 """
 
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests import tiers
 
 GO_SOURCE = Path(__file__).resolve().parent / "go" / "cra_go_verify"
 GOPATH = Path(os.environ.get("CRA_GOPATH", "/usr/share/gocode"))
@@ -43,10 +44,7 @@ def go_verify(tmp_path_factory: pytest.TempPathFactory) -> GoVerify:
     """A callable running the Go verifier: ``go_verify("proof", vkeys, proof_file, entry_file)``."""
     reason = _missing()
     if reason is not None:
-        message = f"Go interop tests need Go: {reason}; {INSTALL_HINT}"
-        if os.environ.get("CRA_REQUIRE_GO") == "1":
-            pytest.fail(f"CRA_REQUIRE_GO=1 but {message}", pytrace=False)
-        pytest.skip(message)
+        tiers.unavailable(f"the Go interop tests need Go: {reason}; {INSTALL_HINT}")
     go = shutil.which("go")
     assert go is not None
     workdir = tmp_path_factory.mktemp("go-verify")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from cra.errors import SandboxError
 
-__all__ = ["GUEST_DIR", "Artifact", "default_cache_dir", "ensure_artifact"]
+__all__ = ["GUEST_DIR", "Artifact", "built_artifact", "default_cache_dir", "ensure_artifact"]
 
 GUEST_DIR = Path(__file__).parent / "guest"
 _GUEST_FILES = ("cra_executor.py", "world.wit")
@@ -74,9 +74,10 @@ def artifact_key(engine_settings: str) -> str:
     return h.hexdigest()[:32]
 
 
-def _private_dir(path: Path) -> Path:
+def _private_dir(path: Path, *, create: bool = True) -> Path:
     """Create ``path`` (mode 0700) if needed, and refuse it unless it is ours and closed to others."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if create:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode):
         raise SandboxError(f"the sandbox cache {path} is not a directory")
@@ -145,6 +146,20 @@ def _componentize_executor(work: Path) -> Path:
     output = work / "executor.wasm"
     componentize(source, source / "world.wit", "executor", "cra_executor", output)
     return output
+
+
+def built_artifact(cache_dir: Path, engine_settings: str) -> Path | None:
+    """The verified compiled component for these engine settings if the cache holds one; never builds.
+
+    ``None`` for a missing, stale or damaged artifact, and for a cache that
+    :func:`ensure_artifact` would refuse to load from.
+    """
+    key = artifact_key(engine_settings)
+    try:
+        directory = _private_dir(_private_dir(cache_dir, create=False) / "sandbox", create=False) / key
+    except (OSError, SandboxError):
+        return None
+    return _verified(directory, key)
 
 
 def ensure_artifact(cache_dir: Path, engine_settings: str, compile_component: Callable[[Path], bytes]) -> Artifact:

@@ -31,7 +31,7 @@ from wasmtime import component as wc
 from cra.errors import SandboxError
 from cra.runtime.code import CodeResult, CodeRun
 from cra.sandbox._traps import trap_causes
-from cra.sandbox.artifacts import Artifact, default_cache_dir, ensure_artifact
+from cra.sandbox.artifacts import Artifact, built_artifact, default_cache_dir, ensure_artifact
 from cra.sandbox.scratch import Scratch
 from cra.sandbox.virtual import RunState, StopRun
 
@@ -193,6 +193,10 @@ class WasmSandbox:
         self._component: wc.Component | None = None
         self._linker: wc.Linker | None = None
         self.artifact: Artifact | None = None
+
+    def built(self) -> bool:
+        """Whether the cache already holds this sandbox's compiled component (so :meth:`prepare` only loads)."""
+        return built_artifact(self._cache_dir, _ENGINE_SETTINGS) is not None
 
     def prepare(self) -> Artifact:
         """Build or load the component now, rather than on the first run."""

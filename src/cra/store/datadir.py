@@ -18,13 +18,10 @@ import os
 import sys
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from cra.runtime.ledger import AuditLedger
 from cra.runtime.ports import Clock, LedgerStore
 from cra.store.keys import Keyring
 from cra.store.ledger import SqliteLedgerStore
-from cra.store.sql_ledger import SqlLedgerStore
 
 __all__ = ["default_data_dir", "open_ledger", "resolve_data_dir"]
 
@@ -71,7 +68,9 @@ def open_ledger(
     origin = keyring.origin
     signers, retired = keyring.signers(), keyring.retired()
     store: LedgerStore
-    if database_url and make_url(database_url).get_backend_name() == "postgresql":
+    if database_url and _is_postgresql(database_url):
+        from cra.store.sql_ledger import SqlLedgerStore  # SQLAlchemy loads only for a database URL
+
         store = SqlLedgerStore(database_url, origin=origin)
     else:
         store = SqliteLedgerStore(root / "ledger.sqlite3", origin=origin)
@@ -88,3 +87,9 @@ def open_ledger(
     except BaseException:
         store.close()
         raise
+
+
+def _is_postgresql(database_url: str) -> bool:
+    from sqlalchemy.engine import make_url  # not at the top: `import cra` and the CLI start without SQLAlchemy
+
+    return make_url(database_url).get_backend_name() == "postgresql"

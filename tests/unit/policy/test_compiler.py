@@ -756,6 +756,7 @@ def reference_decision(
 APPROVAL_SETS = [frozenset(), frozenset({"p0"}), frozenset({"p1", "p2"}), frozenset(f"p{i}" for i in range(8))]
 
 
+@pytest.mark.slow
 @settings(max_examples=600, derandomize=True, deadline=None)
 @given(
     policies=policy_sets(),

@@ -13,7 +13,7 @@ import pytest
 from cra.errors import AtlasError
 from cra.protocol.atlas import parse_atlas, parse_package
 
-GOLDEN = Path(__file__).resolve().parents[3] / ".." / "shared" / "conformance" / "cra-1.0" / "conformance" / "golden"
+GOLDEN = Path(__file__).resolve().parents[2] / "vectors" / "cra-1.0" / "conformance" / "golden"
 
 
 def manifest(**sections: Any) -> dict[str, Any]:

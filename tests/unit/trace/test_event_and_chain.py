@@ -373,6 +373,7 @@ MUTATIONS = [
 ]
 
 
+@pytest.mark.slow
 @settings(max_examples=600, derandomize=True, deadline=None)
 @given(events=chains(), kind=st.sampled_from(MUTATIONS), data=st.data())
 def test_every_single_mutation_is_detected(events: list[TraceEvent], kind: str, data: st.DataObject) -> None:
@@ -389,6 +390,7 @@ def test_every_single_mutation_is_detected(events: list[TraceEvent], kind: str, 
 # -- JSON Lines ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(max_examples=300, derandomize=True, deadline=None)
 @given(events=chains())
 @example(events=chain([{"note": "line\u2028separator"}]))
