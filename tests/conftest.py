@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -26,6 +27,7 @@ _TIER_FIXTURES = {
     "redis_url": "services",
     "wasm_sandbox": "wasm",
     "wasm_builds": "wasm",
+    "engine_build": "wasm",
 }
 #: Folders whose every test belongs to a tier.
 _TIER_FOLDERS = {"e2e": "e2e", "interop": "interop"}
@@ -94,6 +96,31 @@ def wasm_builds() -> None:
         tiers.unavailable(
             f"this test builds a WebAssembly component from source (30 s or more): set {tiers.WASM_ENV}=1"
         )
+
+
+@pytest.fixture(scope="session")
+def engine_build(tmp_path_factory: pytest.TempPathFactory, worker_id: str, wasm_builds: None) -> dict[str, Any]:
+    """``cra build-wasm --json`` run once for the whole test run: its exit code, output and the component's path.
+
+    Building the engine component costs half a minute, so the xdist worker that asks first builds it into the
+    run's shared temporary directory, under a lock, and the others read what it wrote."""
+    import fcntl
+
+    from tests.e2e._process import cra
+
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent  # the run's directory, above each worker's own
+    record = shared / "engine-build.json"
+    with open(shared / "engine-build.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            out = shared / "engine-build" / "cra-engine.wasm"
+            done = cra("build-wasm", "--out", out, "--json", timeout=900)
+            made = {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "out": str(out)}
+            record.write_text(json.dumps(made), "utf-8")
+    built: dict[str, Any] = json.loads(record.read_text("utf-8"))
+    return built
 
 
 @pytest.fixture(scope="session")

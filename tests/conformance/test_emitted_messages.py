@@ -88,7 +88,7 @@ ATLAS: dict[str, Any] = {
 
 
 def _compile(schema: dict[str, Any]) -> Callable[[Any], Any]:
-    return fastjsonschema.compile(schema, use_default=False)  # type: ignore[no-any-return]
+    return fastjsonschema.compile(schema, use_default=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Helpers for tests that run ``cra serve`` as a real process."""
+"""Helpers for tests that run ``cra`` as a real process."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import itertools
 import os
 import queue
 import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import IO
 
 #: Each xdist worker takes ports from its own block below Linux's ephemeral range (32768 and up), so two workers
@@ -39,3 +42,18 @@ def pump(stream: IO[str], lines: queue.Queue[str]) -> None:
     for line in stream:
         lines.put(line)
     stream.close()
+
+
+def cra(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m cra ARGS`` as a process; ``env`` adds to this process's environment."""
+    return subprocess.run(  # noqa: S603 - the project's own command line, with test arguments
+        [sys.executable, "-m", "cra", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
+        timeout=timeout,
+        check=False,
+    )

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.conftest import EXAMPLES
+from tests.e2e._process import cra
 
 ATLAS: dict[str, Any] = {
     "atlas_version": "1.0",
@@ -34,21 +32,6 @@ ATLAS: dict[str, Any] = {
         {"policy_id": "staff", "type": "allow", "actions": ["payments.*"], "conditions": {"roles": ["staff"]}},
     ],
 }
-
-
-def cra(
-    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """``python -m cra ARGS`` as a process; ``env`` adds to this process's environment."""
-    return subprocess.run(  # noqa: S603 - the project's own command line, with test arguments
-        [sys.executable, "-m", "cra", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=None if env is None else {**os.environ, **env},
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.fixture
@@ -248,3 +231,14 @@ def test_demo_runs_and_its_trace_verifies(tmp_path: Path) -> None:
         assert expected in result.stdout
     assert cra("trace", "verify", out).returncode == 0
     assert cra("trace", "replay", out, "--atlas", EXAMPLES / "customer-support").returncode == 0
+
+
+def test_version_is_the_installed_distributions() -> None:
+    import tomllib
+    from importlib.metadata import version
+
+    declared = tomllib.loads((EXAMPLES.parents[1] / "pyproject.toml").read_text("utf-8"))["project"]["version"]
+    result = cra("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"cra {declared}\n"
+    assert version("cra") == declared

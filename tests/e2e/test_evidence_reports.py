@@ -17,6 +17,7 @@ from tests.e2e._service import PROBLEM, SUPPORT, Env, carp, run
 
 from cra import load_atlas
 from cra.ledger.attestation import open_attestation
+from cra.runtime.execution import Executor
 from cra.store.reports import render
 from cra.trace.chain import verify_chain
 from cra.trace.jsonl import loads_trace
@@ -28,7 +29,9 @@ def _reply(args: dict[str, Any]) -> dict[str, Any]:
     return {"sent": True}
 
 
-EXECUTORS = dict.fromkeys(("order.lookup", "ticket.reply", "refund.create", "customer.delete"), _reply)
+EXECUTORS: dict[str, Executor] = dict.fromkeys(
+    ("order.lookup", "ticket.reply", "refund.create", "customer.delete"), _reply
+)
 
 
 async def governed_session(env: Env) -> tuple[str, dict[str, str]]:

@@ -102,7 +102,7 @@ def test_a_token_from_the_issuer_acts_as_its_agent_in_its_tenant(tmp_path: Path)
         ("no subject", token(sub=None)),
         ("an unknown key", token(OTHER_KEY)),
         ("HMAC with the public key as secret", hs256_with_public_key()),
-        ("no signature", jwt.encode({"iss": ISSUER, "aud": AUDIENCE}, None, algorithm="none")),
+        ("no signature", jwt.encode({"iss": ISSUER, "aud": AUDIENCE}, None, algorithm="none")),  # type: ignore[arg-type]  # deliberately unsigned
         ("no tenant", token(cra_tenant=None)),
         ("an unknown role", token(cra_role="root")),
         ("an agent role without an agent", token(cra_agent=None)),

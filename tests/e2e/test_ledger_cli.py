@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from tests.e2e.test_cli import cra
+from tests.e2e._process import cra
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.e2e._process import free_port, pump
-from tests.e2e.test_cli import cra
+from tests.e2e._process import cra, free_port, pump
 
 STARTUP_SECONDS = 30.0
 

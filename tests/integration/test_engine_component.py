@@ -1,7 +1,7 @@
 """The engine compiled to WebAssembly answers the conformance vectors byte for byte as native CRA does.
 
-The component is built here (``build_engine``, what ``cra build-wasm`` runs),
-loaded under wasmtime, and fed the golden resolve, the CONFORMANCE.md policy
+The component is built by ``cra build-wasm`` (once per test run, see the
+``engine_build`` fixture), loaded under wasmtime, and fed the golden resolve, the CONFORMANCE.md policy
 and resolution cases, every example atlas's own test cases, and malformed
 input. Each answer must be the same bytes as :mod:`cra.runtime.portable`'s
 answer in this interpreter; the native answers are checked against the cases'
@@ -19,22 +19,21 @@ import yaml
 from tests.conftest import EXAMPLES
 
 from cra.runtime.portable import evaluate_json, resolve_json
-from cra.sandbox.engine_component import EngineComponent, build_engine
-
-#: One worker builds the component once for the whole module (pyproject's --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("engine-component")
+from cra.sandbox.engine_component import EngineComponent
 
 CONFORMANCE = yaml.safe_load((Path(__file__).parents[1] / "conformance" / "cases.yaml").read_text("utf-8"))
 NOW = "2025-01-06T10:00:00Z"
 
 
 @pytest.fixture(scope="module")
-def engine_component(tmp_path_factory: pytest.TempPathFactory, wasm_builds: None) -> EngineComponent:
-    built = build_engine(tmp_path_factory.mktemp("engine") / "cra-engine.wasm")
-    assert built.size_bytes > 1_000_000
-    assert "cra.runtime.resolver" in built.modules
-    assert not [m for m in built.modules if m.startswith(("cra.ledger", "cra.store", "cra.server"))]
-    return EngineComponent(built.path)
+def engine_component(engine_build: dict[str, Any]) -> EngineComponent:
+    """The component ``cra build-wasm`` built for this run, compiled once for this module."""
+    assert engine_build["returncode"] == 0, engine_build["stderr"]
+    built = json.loads(engine_build["stdout"])
+    assert built["size_bytes"] > 1_000_000
+    assert "cra.runtime.resolver" in built["modules"]
+    assert not [m for m in built["modules"] if m.startswith(("cra.ledger", "cra.store", "cra.server"))]
+    return EngineComponent(Path(built["path"]))
 
 
 def _package(directory: Path) -> dict[str, Any]:

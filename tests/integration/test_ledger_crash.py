@@ -19,13 +19,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from cra.ledger.checkpoint import open_checkpoint
+from cra.runtime.ports import LedgerEntry
 from cra.store.datadir import open_ledger
 from cra.store.keys import Keyring
 from cra.store.ledger import SqliteLedgerStore
@@ -80,7 +81,7 @@ while True:
 
 _shared: dict[str, object] = {}
 exec(compile(ENTRIES, "<entries>", "exec"), _shared)  # noqa: S102 - the child's own generator, run here too
-entry = _shared["entry"]
+entry = cast("Callable[[int], LedgerEntry]", _shared["entry"])
 
 ROUNDS = 10
 

@@ -130,7 +130,8 @@ def test_close_stops_the_listener_cleanly(redis_url: str) -> None:
             await b.close()  # before start: nothing to do
             await b.start()
             await b.start()  # idempotent
-            assert b.listening
+            started: bool = b.listening
+            assert started
             await b.close()
             await b.close()
             assert not b.listening

@@ -173,7 +173,12 @@ def test_at_resolve_the_module_is_deferred_and_at_execute_it_decides() -> None:
     resolver.load_atlas(GUARD)
     ran: list[str] = []
     for action in ("refund.small", "refund.create"):
-        resolver.register_executor(action, lambda args, a=action: ran.append(a) or {"ok": True})
+
+        def record(args: dict[str, Any], a: str = action) -> dict[str, Any]:
+            ran.append(a)
+            return {"ok": True}
+
+        resolver.register_executor(action, record)
     sid = resolver.create_session("bot", "Refund the customer", roles=("agent",))
     resolution = resolver.resolve(_carp(sid, "resolve", 0))
     allowed = {a["action_id"] for a in resolution["allowed_actions"]}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
 from cra.runtime.code import CodeRun, Limits
-from cra.sandbox import WasmSandbox
+from cra.sandbox import WasmSandbox, artifacts
 
 WORLD = """
 import datetime, json, os, random, secrets, time, uuid
@@ -162,3 +164,31 @@ def test_a_module_outside_the_snapshot_fails_to_import_cleanly(wasm_sandbox: Was
     result = wasm_sandbox.run(CodeRun("import email"))
     assert result.reason == "exit_code"
     assert b"ModuleNotFoundError: No module named 'email'" in result.stderr
+
+
+class _BuildStarted(Exception):
+    """Raised in place of componentize-py: the sandbox chose to build rather than load."""
+
+
+def test_a_tampered_artifact_is_never_loaded_but_rebuilt(
+    tmp_path: Path, wasm_sandbox: WasmSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = wasm_sandbox.prepare()
+    cache = tmp_path / "cache"
+    copy = cache / "sandbox" / built.key
+    shutil.copytree(built.path.parent, copy, ignore=shutil.ignore_patterns(".lock", "build-*"))
+    for directory in (cache, cache / "sandbox", copy):
+        directory.chmod(0o700)
+    assert WasmSandbox(cache).built()  # an intact copy is trusted as it is
+
+    with open(copy / built.path.name, "r+b") as handle:
+        handle.seek(4096)
+        handle.write(b"\x00" * 64)
+    assert not WasmSandbox(cache).built()
+
+    def build_instead(work: Path) -> Path:
+        raise _BuildStarted
+
+    monkeypatch.setattr(artifacts, "_componentize_executor", build_instead)
+    with pytest.raises(_BuildStarted):
+        WasmSandbox(cache).prepare()

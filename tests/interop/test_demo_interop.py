@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.test_cli import cra
+from tests.e2e._process import cra
 from tests.interop.conftest import GoVerify
 
 

@@ -48,6 +48,25 @@ app.add_typer(apikey_app, name="apikey")
 app.add_typer(sandbox_app, name="sandbox")
 app.command("build-wasm")(build_wasm)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from cra import __version__
+
+        typer.echo(f"cra {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print CRA's version and exit."),
+    ] = False,
+) -> None:
+    """Options that come before any command."""
+
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 AtlasArg = Annotated[Path, typer.Argument(help="An atlas package directory or a single atlas JSON file.")]
 

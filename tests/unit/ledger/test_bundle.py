@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from tests.conftest import EXAMPLES
@@ -70,7 +70,7 @@ def logged() -> tuple[AuditLedger, str, str]:
 
 
 def _dict(bundle: Bundle) -> dict[str, Any]:
-    return json.loads(json.dumps(bundle.to_dict()))
+    return cast("dict[str, Any]", json.loads(json.dumps(bundle.to_dict())))
 
 
 def test_a_session_bundle_verifies_and_round_trips(logged: tuple[AuditLedger, str, str]) -> None:

@@ -422,7 +422,7 @@ def test_scopes_of_different_policies_never_share_a_counter() -> None:
 
 
 @pytest.mark.parametrize(("scope", "missing"), [("session", {"tenant_id": "t"}), ("tenant", {"session_id": "s"})])
-def test_a_scope_the_call_does_not_carry_denies(scope: str, missing: dict[str, str]) -> None:
+def test_a_scope_the_call_does_not_carry_denies(scope: str, missing: dict[str, Any]) -> None:
     d = call(engine(rate_limit(scope), ALLOW_ALL), **missing)
     assert outcome(d) == (Effect.DENY, "rl", "unknown_attribute")
 

@@ -207,7 +207,7 @@ def test_atlas_kinds_raise_atlas_errors_and_others_protocol_errors() -> None:
         validate("atlas-manifest.cra", {})
     for kind in ("carp-request", "carp-resolution", "trace-event"):
         with pytest.raises(ProtocolError) as info:
-            validate(kind, {})  # type: ignore[arg-type]
+            validate(kind, {})
         assert not isinstance(info.value, AtlasError)
 
 

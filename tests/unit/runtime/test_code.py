@@ -135,7 +135,7 @@ def test_bad_arguments_name_the_argument_and_nothing_runs(arguments: dict[str, o
     sandbox = RecordingSandbox(_result())
     executor = CodeExecutor(sandbox, ceiling=Limits(timeout_s=5.0, memory_mb=512))
     with pytest.raises(ValidationError) as err:
-        executor(arguments)  # type: ignore[arg-type]
+        executor(arguments)
     assert err.value.path == path
     assert sandbox.requests == []
 

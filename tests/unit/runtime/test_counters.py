@@ -68,6 +68,7 @@ def test_no_window_ever_holds_more_than_the_limit(limit: int, window: int, gaps:
         else:
             in_window = [t for t in accepted if t > now - window]
             assert len(in_window) == limit  # refused only when the window is really full
+            assert breach.retry_after is not None
             assert now + breach.retry_after >= min(in_window) + window
     for t in accepted:
         assert sum(1 for u in accepted if t - window < u <= t) <= limit

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -745,7 +745,7 @@ def test_readers_and_sinks_get_copies() -> None:
     metadata: dict[str, Any] = {"ticket": {"id": "T-1"}}
     sid = r.create_session("bot", "goal", roles=["staff"], metadata=metadata)
     metadata["ticket"]["id"] = "T-2"
-    r.get_trace(sid)[0].payload["agent_id"] = "someone else"
+    cast("dict[str, Any]", r.get_trace(sid)[0].payload)["agent_id"] = "someone else"  # tries to tamper with a copy
     r.verify_chain(sid)
     assert r.get_trace(sid)[0].payload["metadata"] == {"ticket": {"id": "T-1"}}
 

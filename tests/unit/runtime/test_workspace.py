@@ -75,17 +75,17 @@ class DictDatabase:
         for record in changes.resolutions:
             self.resolutions[record.resolution_id] = record
         for approval, before in changes.approvals.values():
-            stored = self.approvals.get(approval.approval_id)
-            assert (stored.status if stored else None) == before
+            stored_approval = self.approvals.get(approval.approval_id)
+            assert (stored_approval.status if stored_approval else None) == before
             self.approvals[approval.approval_id] = approval
         for pair in changes.request_ids:
             assert pair not in self.request_ids
             self.request_ids.add(pair)
         for pair in changes.idempotency_released:
             self.idempotency.pop(pair, None)
-        for pair, record in changes.idempotency_new.items():
+        for pair, call in changes.idempotency_new.items():
             assert pair not in self.idempotency
-            self.idempotency[pair] = record
+            self.idempotency[pair] = call
         for pair, response in changes.idempotency_done.items():
             self.idempotency[pair] = replace(self.idempotency[pair], response=response)
         self.claims.update(changes.claims)
@@ -131,7 +131,7 @@ class Script:
 
 
 def scenario(script: Script) -> str:
-    sid = script.step(
+    sid: str = script.step(
         SnapshotKeys("default"),
         lambda r: r.create_session("support-bot", "Refund order 42", roles=["agent"]),
     )

@@ -126,7 +126,8 @@ def test_compute_event_hash_treats_a_null_parent_as_empty() -> None:
     args: list[Any] = ["1.0", uuid(1), uuid(2), uuid(3), None, SESSION, 4, "2025-01-01T00:00:00.000000Z"]
     rest: list[Any] = ["policy.evaluated", {"b": 1, "a": [True, None]}, "ab" * 32]
     with_null = compute_event_hash(*args, *rest)
-    assert with_null == compute_event_hash(*args[:4], "", *args[5:], *rest)
+    nulled: list[Any] = [*args[:4], "", *args[5:], *rest]
+    assert with_null == compute_event_hash(*nulled)
     fields = ["trace_version", "event_id", "trace_id", "span_id", "parent_span_id", "session_id", "sequence"]
     fields += ["timestamp", "event_type", "payload", "previous_event_hash"]
     assert with_null == reference_hash(dict(zip(fields, args + rest, strict=True)))
@@ -319,7 +320,8 @@ def mutate(events: list[TraceEvent], kind: str, i: int, j: int) -> tuple[list[Tr
         ev[i] = e._replace(timestamp=e.timestamp.replace("Z", "+00:00"))
         return ev, ("hash_mismatch", i)
     if kind in ("event_id", "trace_id", "span_id", "parent_span_id"):
-        ev[i] = e._replace(**{kind: uuid(i + 77, "d")})
+        changed: dict[str, Any] = {kind: uuid(i + 77, "d")}
+        ev[i] = e._replace(**changed)
         return ev, ("hash_mismatch", i)
     if kind == "event_type":
         ev[i] = e._replace(event_type="action.denied" if e.event_type != "action.denied" else "action.approved")
