@@ -135,6 +135,7 @@ class Server:
             str(workers),
             "--sealing",
             sealing,
+            "--no-sandbox",  # code.execute is not measured; a first-use build would skew every figure
         )
         self.process = subprocess.Popen(  # noqa: S603 - the project's own command line
             command, stdout=self._stdout, stderr=self._stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -236,9 +236,9 @@ def audit_problems(
     """From pip-audit's JSON report: (vulnerabilities not accepted, accepted ones seen, packages not audited)."""
     found, excused, unaudited = [], [], []
     for dep in report.get("dependencies", []):
-        name, version = dep["name"], dep.get("version", "?")
+        name, version = dep["name"], dep.get("version", "")
         if "skip_reason" in dep:
-            unaudited.append(f"{name} {version}: {dep['skip_reason']}")
+            unaudited.append(f"{name}: {dep['skip_reason']}")
             continue
         for vuln in dep.get("vulns", []):
             ids = [vuln["id"], *vuln.get("aliases", [])]
