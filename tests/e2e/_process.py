@@ -37,6 +37,12 @@ def free_port() -> int:
     raise RuntimeError(f"no free loopback port in {base}..{base + _BLOCK - 1}")
 
 
+def serve_command(data_dir: Path, port: int) -> list[str]:
+    """``cra serve`` on loopback as the interpreter itself runs it (no wrapper to signal), without the
+    WebAssembly sandbox, which these tests do not use and whose first-use build would only slow them."""
+    return [sys.executable, "-m", "cra", "serve", "--data-dir", str(data_dir), "--port", str(port), "--no-sandbox"]
+
+
 def pump(stream: IO[str], lines: queue.Queue[str]) -> None:
     """Copy a process's output into ``lines`` until it closes (run in a thread)."""
     for line in stream:

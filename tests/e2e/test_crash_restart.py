@@ -22,7 +22,6 @@ import queue
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.e2e._process import free_port, pump
+from tests.e2e._process import free_port, pump, serve_command
 from tests.e2e._service import SUPPORT_ID, carp
 
 from cra.store.datadir import open_ledger
@@ -58,17 +57,7 @@ class Serve:
         self.url = f"http://127.0.0.1:{port}"
         self._log_path = log
         self._log = log.open("w")
-        command = [
-            sys.executable,
-            "-m",
-            "cra",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(port),
-            "--no-sandbox",
-        ]
+        command = serve_command(data_dir, port)
         self.process = subprocess.Popen(  # noqa: S603 - the project's own command line
             [*command, "--key-rate", "0"],
             stdout=subprocess.PIPE,

@@ -7,14 +7,13 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from tests.e2e._process import cra, free_port, pump
+from tests.e2e._process import cra, free_port, pump, serve_command
 
 STARTUP_SECONDS = 30.0
 
@@ -29,17 +28,7 @@ class Server:
         self._log = log.open("w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(  # noqa: S603 - the project's own command line
-            [
-                sys.executable,
-                "-m",
-                "cra",
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--port",
-                str(self.port),
-                "--no-sandbox",
-            ],
+            serve_command(data_dir, self.port),
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,

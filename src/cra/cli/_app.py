@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cra import __version__
 from cra.errors import CRAError, ProtocolError, TraceError
 from cra.policy.lint import lint_atlas
 from cra.protocol.canonical import parse_json
@@ -51,8 +52,6 @@ app.command("build-wasm")(build_wasm)
 
 def _print_version(value: bool) -> None:
     if value:
-        from cra import __version__
-
         typer.echo(f"cra {__version__}")
         raise typer.Exit
 
