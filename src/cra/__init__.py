@@ -5,7 +5,7 @@ The in-process API::
     from cra import Engine, Resolver
     engine = Engine.from_atlas("examples/atlases/customer-support")
     decision = engine.evaluate(action="refund.create", agent="support-bot", roles=["agent"],
-                               risk_tier="low", params={"amount": 120})
+                               risk_tier="low", params={"order_id": "42", "amount": 120, "currency": "SAR"})
     print(decision.effect, decision.policy_id, decision.explain())
 
 Sealing every event into the signed audit ledger of a data directory::

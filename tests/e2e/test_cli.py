@@ -242,3 +242,28 @@ def test_version_is_the_installed_distributions() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"cra {declared}\n"
     assert version("cra") == declared
+
+
+def test_evaluate_denies_arguments_the_actions_schema_refuses() -> None:
+    """Issue #12, finding 3: ``cra evaluate`` checks ``parameters_schema`` as execute does."""
+    result = cra(
+        "evaluate",
+        "--atlas",
+        EXAMPLES / "customer-support",
+        "--agent",
+        "support-bot",
+        "--role",
+        "agent",
+        "--action",
+        "refund.create",
+        "--params",
+        '{"order_id": "42", "amount": 2500}',
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert (out["decision"], out["reason_code"], out["details"]) == (
+        "deny",
+        "invalid_parameters",
+        {"path": "/currency"},
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -935,3 +936,114 @@ def test_the_hot_evaluate_path_answers_like_every_other_route(tmp_path: Path) ->
 
     run(tmp_path / "errors", errors)
     run(tmp_path / "limits", limits, ServerSettings(key_requests_per_second=1))
+
+
+def test_evaluate_denies_the_arguments_execute_would_refuse(tmp_path: Path) -> None:
+    """Issue #12, finding 3: an integrator who gates on evaluate never gets an allow that execute refuses."""
+    good = {"order_id": "42", "amount": 2500, "currency": "SAR"}
+    cases = [
+        ({"order_id": "42", "amount": 2500}, "/currency"),
+        ({**good, "order_id": 42}, "/order_id"),
+        ({**good, "note": "an unknown field"}, "/note"),
+    ]
+
+    async def body(env: Env) -> None:
+        await env.support("acme")
+        agent = await env.key("acme", "agent", agent="support-bot", policy_roles=("agent",))
+        for params, path in cases:
+            r = await env.client.post("/v1/evaluate", headers=agent, json={"action": "refund.create", "params": params})
+            assert r.status_code == 200, r.text
+            out = r.json()
+            assert (out["decision"], out["policy_id"], out["reason_code"]) == (
+                "deny",
+                "cra:parameters_schema",
+                "invalid_parameters",
+            )
+            assert out["details"] == {"path": path}
+        fits = await env.client.post("/v1/evaluate", headers=agent, json={"action": "refund.create", "params": good})
+        assert fits.json()["reason_code"] != "invalid_parameters"
+
+    run(tmp_path, body)
+
+
+def test_every_integer_parameter_is_bounded_and_a_huge_one_is_a_400(tmp_path: Path) -> None:
+    """Issue #12, finding 13: ``?since_sequence=99999999999999999999999`` was a 500 (OverflowError)."""
+
+    async def body(env: Env) -> None:
+        await env.support("acme")
+        admin = await env.key("acme", "admin")
+        sid = (await env.client.post("/v1/sessions", json={"agent_id": "a", "goal": "g"}, headers=admin)).json()
+        huge = "99999999999999999999999"
+        r = await env.client.get(f"/v1/traces/{sid['session_id']}?since_sequence={huge}", headers=admin)
+        problem_of(r, 400)
+        assert "since_sequence" in r.text
+
+        spec = (await env.client.get("/openapi.json", headers=admin)).json()
+        unbounded = [
+            f"{method.upper()} {route} {parameter['name']}"
+            for route, methods in spec["paths"].items()
+            for method, operation in methods.items()
+            for parameter in operation.get("parameters", [])
+            for schema in [parameter["schema"], *parameter["schema"].get("anyOf", [])]
+            if schema.get("type") == "integer" and "maximum" not in schema
+        ]
+        assert unbounded == []
+
+    run(tmp_path, body)
+
+
+def test_a_lone_surrogate_anywhere_in_a_body_is_a_400_with_its_path(tmp_path: Path) -> None:
+    """Issue #12, finding 6: these bodies were 500s with two tracebacks and a dropped connection."""
+
+    async def body(env: Env) -> None:
+        await env.support("acme")
+        admin = await env.key("acme", "admin")
+        agent = await env.key("acme", "agent", agent="support-bot", policy_roles=("agent",))
+        json_headers = {"content-type": "application/json"}
+        r = await env.client.post(
+            "/v1/sessions", content=b'{"agent_id": "support-bot", "goal": "x\\ud800"}', headers=admin | json_headers
+        )
+        problem_of(r, 400, path="/goal")
+        r = await env.client.post(
+            "/v1/evaluate",
+            content=b'{"action": "order.lookup", "params": {"order_id": "\\udfff"}}',
+            headers=agent | json_headers,
+        )
+        problem_of(r, 400, path="/params/order_id")
+        # The service goes on answering.
+        assert (await env.client.get("/v1/health")).status_code == 200
+
+    run(tmp_path, body)
+
+
+def test_an_atlas_with_a_pasted_time_zone_is_a_400_and_the_value_is_never_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue #12, finding 14: a 5,000-character time zone was a 500 that logged the value twice."""
+    pasted = "card 4111111111111111 " + "x" * 5000
+    manifest = {
+        "atlas_version": "1.0",
+        "atlas_id": "org.test.tz",
+        "version": "1.0.0",
+        "name": "TZ",
+        "description": "A pasted time zone",
+        "actions": [{"action_id": "a.b", "name": "A", "description": "A"}],
+        "policies": [
+            {
+                "policy_id": "night",
+                "type": "deny",
+                "actions": ["*"],
+                "conditions": {"time_window": {"start": "22:00", "end": "06:00", "timezone": pasted}},
+            }
+        ],
+    }
+
+    async def body(env: Env) -> None:
+        author = await env.key("acme", "policy_author")
+        r = await env.client.post("/v1/atlases", json={"manifest": manifest}, headers=author)
+        problem_of(r, 400, path="/policies/0/conditions/time_window/timezone")
+        assert "4111" not in r.text
+
+    with caplog.at_level(logging.DEBUG):
+        run(tmp_path, body)
+    assert "4111" not in caplog.text

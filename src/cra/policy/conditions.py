@@ -240,6 +240,12 @@ def _parse_time(value: Any, pointer: str, source: str | None) -> time:
         raise PolicyError(pointer, f"{value!r} is not a valid time of day", source=source) from None
 
 
+#: The shape of an IANA time zone name (``Asia/Riyadh``, ``America/Argentina/Buenos_Aires``, ``Etc/GMT+3``,
+#: ``UTC``), checked before the tz database is asked: a name is never a path and never long.
+_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]{0,29}(?:/[A-Za-z0-9_+-]{1,30}){0,2}")
+_ZONE_NAME_RULE = "must be an IANA time zone name such as Asia/Riyadh or UTC (letters, digits, _ + - and /)"
+
+
 def _time_window(spec: Any, pointer: str, source: str | None) -> Condition:
     if not isinstance(spec, Mapping):
         raise PolicyError(pointer, "must be an object", source=source)
@@ -251,9 +257,12 @@ def _time_window(spec: Any, pointer: str, source: str | None) -> Condition:
     start = _parse_time(spec["start"], f"{pointer}/start", source) if "start" in spec else time(0, 0)
     end = _parse_time(spec["end"], f"{pointer}/end", source) if "end" in spec else None
     tz_name = spec.get("timezone", "UTC")
+    if not isinstance(tz_name, str) or not _ZONE_NAME.fullmatch(tz_name):
+        # Not echoed: it is not a zone name, and could be anything an author pasted.
+        raise PolicyError(f"{pointer}/timezone", _ZONE_NAME_RULE, source=source)
     try:
         tz = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise PolicyError(f"{pointer}/timezone", f"unknown time zone {tz_name!r}", source=source) from None
     days = _string_list(spec.get("days", list(_DAYS)), f"{pointer}/days", source)
     for i, d in enumerate(days):

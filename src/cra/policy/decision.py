@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMPTY_MAPPING",
+    "PARAMETERS_GUARD_ID",
     "ApprovalRequirement",
     "Charge",
     "Decision",
@@ -26,6 +27,7 @@ __all__ = [
     "EvalRequest",
     "LimitBreach",
     "Step",
+    "invalid_parameters",
     "limit_exceeded",
 ]
 
@@ -200,4 +202,22 @@ def limit_exceeded(decision: Decision, breach: LimitBreach) -> Decision:
             **({} if breach.retry_after is None else {"retry_after": breach.retry_after}),
         },
         extra_steps=(*decision.extra_steps, step),
+    )
+
+
+#: The guard that checks a call's arguments against its action's ``parameters_schema`` before any policy.
+PARAMETERS_GUARD_ID = "cra:parameters_schema"
+
+
+def invalid_parameters(action: str, path: str, reason: str) -> Decision:
+    """The deny for arguments that break the action's ``parameters_schema``: no policy is asked."""
+    what = f"{path or '/'}: {reason}"
+    return Decision(
+        effect=Effect.DENY,
+        action=action,
+        policy_id=PARAMETERS_GUARD_ID,
+        reason_code="invalid_parameters",
+        reason=what,
+        details={"path": path},
+        extra_steps=(Step(PARAMETERS_GUARD_ID, "parameters_schema", "decides", what),),
     )

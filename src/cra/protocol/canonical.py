@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from typing import Any
 
-from cra.errors import ValidationError
+from cra.errors import ValidationError, json_pointer
 
 __all__ = ["StrictJSONError", "canonical_json", "loads_strict", "parse_json", "sha256_hex"]
 
@@ -29,7 +30,42 @@ def sha256_hex(data: str | bytes) -> str:
 
 
 class StrictJSONError(ValueError):
-    """Input that Python's json module would accept but strict JSON handling refuses."""
+    """Input that Python's json module would accept but strict JSON handling refuses.
+
+    ``path`` is the JSON Pointer of the offending value, where one can be named."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+#: What lets a surrogate code point into parsed JSON: an escape from ``\uD800`` to ``\uDFFF``, or (in text
+#: handed over as ``str``) a surrogate itself. Only text holding one is walked.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any, path: list[str | int]) -> list[str | int] | None:
+    """The path to the first string (a key or a value) holding a surrogate code point, if any.
+
+    A well-formed pair of escapes decodes to one character outside the BMP, so what is
+    left is a lone surrogate: not a Unicode scalar value, unencodable as UTF-8, and so
+    text that no other JSON implementation would read as this one does."""
+    if isinstance(value, str):
+        return path if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _SURROGATE.search(key):  # named as an escape: the key itself cannot be printed
+                return [*path, key.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")]
+            found = _lone_surrogate(item, [*path, key])
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _lone_surrogate(item, [*path, index])
+            if found is not None:
+                return found
+    return None
 
 
 def _no_constants(name: str) -> Any:
@@ -56,21 +92,27 @@ def loads_strict(text: str | bytes) -> Any:
     """Parse JSON, refusing what JSON does not mean or means twice.
 
     Refused with :class:`StrictJSONError`: NaN and Infinity, numbers too large to
-    represent, integers too long to convert, and objects with duplicate keys
-    (``{"type": "deny", "type": "allow"}`` must not mean whatever is kept last).
+    represent, integers too long to convert, objects with duplicate keys
+    (``{"type": "deny", "type": "allow"}`` must not mean whatever is kept last), and
+    strings holding a lone surrogate (``"\\ud800"``), which are not Unicode text.
     Syntax errors raise :class:`json.JSONDecodeError`, absurd nesting
     :class:`RecursionError`, and bytes that are not UTF-8 :class:`UnicodeDecodeError`.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8")  # json.loads would also guess UTF-16 and UTF-32 from bytes
     try:
-        return json.loads(
+        value = json.loads(
             text, parse_constant=_no_constants, parse_float=_finite_float, object_pairs_hook=_no_duplicates
         )
     except (json.JSONDecodeError, StrictJSONError):
         raise
     except ValueError as exc:  # int() refusing a number with thousands of digits
         raise StrictJSONError(str(exc)) from None
+    if _SURROGATE_ESCAPE.search(text) or _SURROGATE.search(text):
+        found = _lone_surrogate(value, [])
+        if found is not None:
+            raise StrictJSONError("text must be Unicode scalar values: a lone surrogate is not", json_pointer(found))
+    return value
 
 
 def parse_json(data: str | bytes, *, source: str | None, error: type[ValidationError]) -> Any:
@@ -82,6 +124,6 @@ def parse_json(data: str | bytes, *, source: str | None, error: type[ValidationE
     except json.JSONDecodeError as exc:
         raise error("", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=source) from None
     except StrictJSONError as exc:
-        raise error("", str(exc), source=source) from None
+        raise error(exc.path, str(exc), source=source) from None
     except RecursionError:
         raise error("", "JSON is nested too deeply", source=source) from None

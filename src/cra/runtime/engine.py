@@ -8,12 +8,13 @@ from typing import Any
 
 from cra.errors import ProtocolError
 from cra.policy.compiler import CompiledPolicy, compile_atlas
-from cra.policy.decision import EMPTY_MAPPING, Decision, Effect, EvalRequest, limit_exceeded
+from cra.policy.decision import EMPTY_MAPPING, Decision, Effect, EvalRequest, invalid_parameters, limit_exceeded
 from cra.policy.modules import ModuleLoader
 from cra.protocol.atlas import Atlas
 from cra.protocol.validation import compile_validator
 from cra.runtime.atlas_files import AtlasSource, load_atlas
 from cra.runtime.clock import SystemClock
+from cra.runtime.loaded import Check, parameter_checks, schema_violation
 from cra.runtime.memory import MemoryCounters
 from cra.runtime.ports import Clock, CounterStore
 
@@ -45,7 +46,7 @@ class Engine:
 
     >>> engine = Engine.from_atlas("examples/atlases/customer-support")
     >>> d = engine.evaluate(action="refund.create", agent="support-bot", roles=["agent"],
-    ...                     risk_tier="low", params={"amount": 120})
+    ...                     risk_tier="low", params={"order_id": "42", "amount": 120, "currency": "SAR"})
     >>> d.effect, d.policy_id, d.reason, d.explain()
 
     A call that is allowed consumes its rate limits and budgets unless
@@ -53,7 +54,7 @@ class Engine:
     agent's.
     """
 
-    __slots__ = ("_clock", "_compiled", "_counters", "tenant_id")
+    __slots__ = ("_clock", "_compiled", "_counters", "_parameters", "tenant_id")
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class Engine:
         modules: ModuleLoader | None = None,
     ) -> None:
         self._compiled = compile_atlas(atlas, modules)
+        self._parameters: dict[str, Check] = parameter_checks(atlas)
         self._counters: CounterStore = counters if counters is not None else MemoryCounters()
         self._clock: Clock = clock if clock is not None else SystemClock()
         self.tenant_id = tenant_id
@@ -115,7 +117,9 @@ class Engine:
         """Decide one proposed call.
 
         ``params`` are the call's arguments (none given means none: conditions
-        on them then read missing attributes and fail closed).
+        on them then read missing attributes and fail closed). Arguments that
+        break the action's ``parameters_schema`` are denied first, as execute
+        refuses them (``invalid_parameters``, with the JSON path and reason).
         ``verified_approvals`` names the approval policies whose approval the
         host has verified for exactly this call (the resolver's signed tickets
         do this); only those policies are satisfied.
@@ -123,6 +127,10 @@ class Engine:
         compiled = self._compiled
         if isinstance(roles, str) or isinstance(verified_approvals, str):
             raise ProtocolError("/roles", "roles and approvals are lists of names, not one string")
+        check = self._parameters.get(action)
+        invalid = None if check is None else schema_violation(check, {} if params is None else dict(params))
+        if invalid is not None:
+            return invalid_parameters(action, *invalid)
         if now is None and compiled.uses_time:
             now = self._clock.now()
         req = EvalRequest(

@@ -13,7 +13,7 @@ from cra.policy.modules import ModuleLoader
 from cra.protocol.atlas import Atlas
 from cra.protocol.validation import compile_validator
 
-__all__ = ["LoadedAtlas", "prepare"]
+__all__ = ["LoadedAtlas", "parameter_checks", "prepare", "schema_violation"]
 
 Check = Callable[[object], None]
 
@@ -28,14 +28,15 @@ class LoadedAtlas:
 
     def check_parameters(self, action_id: str, params: object) -> tuple[str, str] | None:
         """``(path, reason)`` when the arguments break the action's ``parameters_schema``."""
-        return _check(self.parameters.get(action_id), params)
+        return schema_violation(self.parameters.get(action_id), params)
 
     def check_result(self, action_id: str, result: object) -> tuple[str, str] | None:
         """``(path, reason)`` when an executor's result breaks the action's ``returns_schema``."""
-        return _check(self.results.get(action_id), result)
+        return schema_violation(self.results.get(action_id), result)
 
 
-def _check(check: Check | None, value: object) -> tuple[str, str] | None:
+def schema_violation(check: Check | None, value: object) -> tuple[str, str] | None:
+    """``(path, reason)`` when ``value`` fails ``check``; ``None`` when it passes or there is no check."""
     if check is None:
         return None
     try:
@@ -57,6 +58,11 @@ def _schemas(atlas: Atlas, field: str, schema_of: Callable[[Any], Mapping[str, A
     return out
 
 
+def parameter_checks(atlas: Atlas) -> dict[str, Check]:
+    """A validator per action that declares a ``parameters_schema``, by action id."""
+    return _schemas(atlas, "parameters_schema", lambda a: a.parameters_schema)
+
+
 def prepare(atlas: Atlas, modules: ModuleLoader | None = None) -> LoadedAtlas:
     """Compile everything the runtime needs from ``atlas``; any problem is an AtlasError.
 
@@ -65,6 +71,6 @@ def prepare(atlas: Atlas, modules: ModuleLoader | None = None) -> LoadedAtlas:
         atlas=atlas,
         compiled=compile_atlas(atlas, modules),
         catalog=compile_context(atlas),
-        parameters=_schemas(atlas, "parameters_schema", lambda a: a.parameters_schema),
+        parameters=parameter_checks(atlas),
         results=_schemas(atlas, "returns_schema", lambda a: a.returns_schema),
     )

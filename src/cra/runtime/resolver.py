@@ -32,7 +32,7 @@ from cra.errors import (
     SessionError,
 )
 from cra.policy.compiler import CompiledPolicy
-from cra.policy.decision import Decision, Effect, EvalRequest, limit_exceeded
+from cra.policy.decision import PARAMETERS_GUARD_ID, Decision, Effect, EvalRequest, limit_exceeded
 from cra.policy.modules import ModuleLoader
 from cra.policy.resolve import DEFAULT_DENY_ID, evaluate_actions, policy_event_payload
 from cra.protocol.atlas import Atlas, AtlasRef
@@ -77,7 +77,6 @@ __all__ = ["DEFAULT_TENANT", "Executor", "PendingCall", "Resolver"]
 DEFAULT_TENANT: Final = "default"
 #: ``policy_id`` recorded when a call is refused before any atlas policy is consulted.
 RESOLUTION_GUARD_ID: Final = "cra:resolution"
-PARAMETERS_GUARD_ID: Final = "cra:parameters_schema"
 _PLAN_CACHE_LIMIT: Final = 4096
 _SHA256: Final = re.compile(r"[0-9a-f]{64}")
 _MEDIA_TYPE: Final = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")

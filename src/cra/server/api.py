@@ -16,6 +16,7 @@ from cra.runtime.service import GovernanceService, package_of
 from cra.server import bodies
 from cra.server.auth import Identity, Permission
 from cra.server.deps import (
+    MAX_INDEX,
     Body,
     Caller,
     OptionalBody,
@@ -230,7 +231,7 @@ async def get_trace(
     request: Request,
     session_id: str,
     event_type: str | None = None,
-    since_sequence: Annotated[int | None, Query(ge=0)] = None,
+    since_sequence: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     await own_session(service, who, session_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from fastapi import Depends, Header, Request
 
@@ -18,6 +18,7 @@ from cra.server.tokens import JwtVerifier
 from cra.store.state import SqlState
 
 __all__ = [
+    "MAX_INDEX",
     "Body",
     "Buckets",
     "Caller",
@@ -31,6 +32,11 @@ __all__ = [
     "read_body",
     "runnable_session",
 ]
+
+
+#: The largest sequence number, log index or tree size a query may name: the stores keep them as
+#: 64-bit signed integers, so a larger number can only be a 400, never a database error.
+MAX_INDEX: Final = (1 << 63) - 1
 
 
 class Buckets:

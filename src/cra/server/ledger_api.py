@@ -27,14 +27,12 @@ from cra.ledger.checkpoint import checkpoint_of, open_checkpoint
 from cra.runtime.ledger import AuditLedger
 from cra.runtime.service import GovernanceService
 from cra.server.auth import ForbiddenError, Identity, Permission
-from cra.server.deps import Caller, Service, own_session
+from cra.server.deps import MAX_INDEX, Caller, Service, own_session
 
 __all__ = ["aliases", "router"]
 
 _log = logging.getLogger("cra.server")
 
-#: The largest tree size a query may name (SQLite integers are 64-bit signed).
-_MAX_SIZE: Final = (1 << 63) - 1
 _CHECKPOINT_READERS: Final = (Permission.READ_SESSIONS, Permission.RUN_SESSIONS, Permission.READ_ATLASES)
 
 router = APIRouter(prefix="/v1")
@@ -97,9 +95,9 @@ def _consistency(ledger: AuditLedger, old: int, new: int | None) -> dict[str, An
 async def get_consistency(
     service: Service,
     who: Caller,
-    old: Annotated[int, Query(ge=1, le=_MAX_SIZE, description="The older tree size.")],
+    old: Annotated[int, Query(ge=1, le=MAX_INDEX, description="The older tree size.")],
     new: Annotated[
-        int | None, Query(ge=1, le=_MAX_SIZE, description="The newer size (default: the newest checkpoint's).")
+        int | None, Query(ge=1, le=MAX_INDEX, description="The newer size (default: the newest checkpoint's).")
     ] = None,
 ) -> dict[str, Any]:
     """A consistency proof from tree size ``old`` to ``new``, with the signed checkpoint at ``new``."""

@@ -29,7 +29,7 @@ from starlette.responses import StreamingResponse
 from cra.errors import NotFoundError, ValidationError
 from cra.runtime.service import GovernanceService
 from cra.server.auth import AuthError
-from cra.server.deps import Caller, RateLimited, Service, authenticate, context, own_session
+from cra.server.deps import MAX_INDEX, Caller, RateLimited, Service, authenticate, context, own_session
 from cra.trace.event import TraceEvent
 from cra.trace.jsonl import dumps_event
 
@@ -43,7 +43,6 @@ MAX_STREAMS_PER_KEY: Final = 8
 _RECHECK_SECONDS: Final = 5.0
 #: Events read from the store per query, so a long backlog streams in bounded pieces.
 _PAGE: Final = 500
-_MAX_SEQUENCE: Final = (1 << 63) - 1
 _SEQUENCE: Final = re.compile(r"0|[1-9][0-9]{0,18}")
 _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 
@@ -72,7 +71,7 @@ def _resume_point(last_event_id: str | None, since_sequence: int | None) -> int 
     if last_event_id is None:
         return since_sequence
     value = last_event_id.strip()
-    if not _SEQUENCE.fullmatch(value) or int(value) > _MAX_SEQUENCE:
+    if not _SEQUENCE.fullmatch(value) or int(value) > MAX_INDEX:
         raise ValidationError("/last-event-id", "must be the sequence number of an event (a non-negative integer)")
     return int(value)
 
@@ -140,7 +139,7 @@ async def stream_trace(
     who: Caller,
     session_id: str,
     since_sequence: Annotated[
-        int | None, Query(ge=0, le=_MAX_SEQUENCE, description="Send only events after this sequence.")
+        int | None, Query(ge=0, le=MAX_INDEX, description="Send only events after this sequence.")
     ] = None,
     poll_ms: Annotated[int, Query(ge=50, le=5000, description="How often to look for new events.")] = 250,
     max_seconds: Annotated[int, Query(ge=1, le=86_400, description="Close the stream after this long.")] = 3600,

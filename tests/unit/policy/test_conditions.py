@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -416,6 +417,10 @@ def test_time_window_without_a_clock_is_unknown() -> None:
         ({"time_window": {"end": 1200}}, f"{AT}/time_window/end"),
         ({"time_window": {"timezone": "Mars/Olympus"}}, f"{AT}/time_window/timezone"),
         ({"time_window": {"timezone": 3}}, f"{AT}/time_window/timezone"),
+        ({"time_window": {"timezone": "x" * 5000}}, f"{AT}/time_window/timezone"),  # was a 500: OSError
+        ({"time_window": {"timezone": "../../etc/passwd"}}, f"{AT}/time_window/timezone"),
+        ({"time_window": {"timezone": "/etc/localtime"}}, f"{AT}/time_window/timezone"),
+        ({"time_window": {"timezone": ""}}, f"{AT}/time_window/timezone"),
         ({"time_window": {"days": ["fri", "fun"]}}, f"{AT}/time_window/days/1"),
         ({"time_window": {"days": "fri"}}, f"{AT}/time_window/days"),
         ({"time_window": {"start": "09:00", "weekdays": ["mon"]}}, f"{AT}/time_window/weekdays"),
@@ -423,6 +428,25 @@ def test_time_window_without_a_clock_is_unknown() -> None:
 )
 def test_load_errors_name_the_json_path(conditions: dict[str, Any], path: str) -> None:
     assert load_error(conditions).path == path
+
+
+def test_a_time_zone_that_is_not_a_zone_name_is_refused_without_being_echoed() -> None:
+    """Issue #12, finding 14: 5,000 characters with a card number in them made a 500 that logged the value."""
+    pasted = "4111 1111 1111 1111 " + "x" * 5000
+    error = load_error({"time_window": {"timezone": pasted}})
+    assert error.path == f"{AT}/time_window/timezone"
+    assert "4111" not in str(error)
+    assert "IANA time zone name" in error.reason
+
+
+def test_every_zone_in_the_tz_database_is_a_zone_name() -> None:
+    for name in sorted(zoneinfo.available_timezones()):
+        assert evaluate(
+            {"time_window": {"start": "00:00", "timezone": name}}, now=datetime(2025, 1, 6, tzinfo=UTC)
+        ) in (
+            TRUE,
+            FALSE,
+        ), name
 
 
 def test_unknown_condition_key_lists_the_known_keys() -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cra import Effect, Engine, ManualClock, ProtocolError
+from cra import Effect, Engine, ManualClock, ProtocolError, Resolver, SeededIds
 
 ATLAS: dict[str, Any] = {
     "atlas_version": "1.0",
@@ -122,3 +123,61 @@ def test_digest_names_the_policy_package() -> None:
     assert a.digest.startswith("sha256:")
     changed = {**ATLAS, "policies": ATLAS["policies"][:-1]}
     assert Engine.from_atlas(changed).digest != a.digest
+
+
+# -- arguments are checked against the action's parameters_schema, as execute checks them (issue #12, finding 3) --
+
+SUPPORT = Path(__file__).resolve().parents[3] / "examples" / "atlases" / "customer-support"
+GOOD_REFUND = {"order_id": "42", "amount": 2500, "currency": "SAR"}
+
+
+@pytest.mark.parametrize(
+    ("params", "path"),
+    [
+        ({"order_id": "42", "amount": 2500}, "/currency"),
+        ({**GOOD_REFUND, "order_id": 42}, "/order_id"),
+        ({**GOOD_REFUND, "note": "extra"}, "/note"),
+        ({**GOOD_REFUND, "amount": -1}, "/amount"),
+        (None, "/order_id"),
+    ],
+    ids=["currency-missing", "order-id-wrong-type", "unknown-field", "amount-below-minimum", "no-arguments"],
+)
+def test_arguments_that_execute_would_refuse_are_denied_with_their_path(
+    params: dict[str, Any] | None, path: str
+) -> None:
+    engine = Engine.from_atlas(SUPPORT)
+    d = engine.evaluate(action="refund.create", agent="support-bot", roles=["agent"], params=params, dry_run=True)
+    assert (d.effect, d.policy_id, d.reason_code) == (Effect.DENY, "cra:parameters_schema", "invalid_parameters")
+    assert d.details == {"path": path}
+    assert d.reason.startswith(f"{path}: ")
+    assert "cra:parameters_schema: decides" in d.explain()
+
+    # Execute refuses the same arguments at the same path.
+    clock = ManualClock(datetime(2025, 1, 6, 10, tzinfo=UTC))
+    resolver = Resolver(clock=clock, ids=SeededIds(1, clock))
+    resolver.load_atlas(SUPPORT)
+    sid = resolver.create_session(agent_id="support-bot", goal="Refund order 42", roles=["agent"])
+
+    def carp(n: int, operation: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "carp_version": "1.0",
+            "request_id": f"00000000-0000-7000-8000-{n:012d}",
+            "timestamp": "2025-01-06T10:00:00.000000Z",
+            "operation": operation,
+            "requester": {"agent_id": "support-bot", "session_id": sid},
+            "task": {"goal": "Refund order 42"},
+            **extra,
+        }
+
+    resolution = resolver.resolve(carp(1, "resolve"))
+    execution = {"resolution_id": resolution["resolution_id"], "action_id": "refund.create"}
+    refused = resolver.execute(carp(2, "execute", execution={**execution, "parameters": params or {}}))
+    assert (refused["status"], refused["error"]["code"]) == ("error", "invalid_parameters")
+    assert refused["error"]["details"]["path"] == path
+
+
+def test_arguments_that_fit_the_schema_go_on_to_the_policies() -> None:
+    engine = Engine.from_atlas(SUPPORT)
+    d = engine.evaluate(action="refund.create", agent="support-bot", roles=["agent"], params=GOOD_REFUND, dry_run=True)
+    assert d.policy_id != "cra:parameters_schema"
+    assert d.effect is Effect.ALLOW
