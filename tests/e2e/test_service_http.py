@@ -19,6 +19,7 @@ from typing import Any
 
 import fastjsonschema
 import httpx
+import pytest
 from tests.conformance.test_golden import match
 from tests.conftest import CRA10
 from tests.e2e._service import PROBLEM, SUPPORT, SUPPORT_ID, Env, carp, now, run
@@ -1047,3 +1048,22 @@ def test_an_atlas_with_a_pasted_time_zone_is_a_400_and_the_value_is_never_logged
     with caplog.at_level(logging.DEBUG):
         run(tmp_path, body)
     assert "4111" not in caplog.text
+
+
+def test_the_openapi_document_is_public_unless_turned_off_and_no_cdn_docs_ui_is_served(tmp_path: Path) -> None:
+    """Issue #12, finding 16: /docs and /redoc loaded Swagger UI and ReDoc from a CDN (blank under the CSP)."""
+
+    async def default(env: Env) -> None:
+        r = await env.client.get("/openapi.json")
+        assert r.status_code == 200
+        assert "/v1/evaluate" in r.json()["paths"]
+        for ui in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+            assert (await env.client.get(ui)).status_code == 404, ui
+
+    async def closed(env: Env) -> None:
+        assert (await env.client.get("/openapi.json")).status_code == 404
+        admin = await env.key("acme", "admin")
+        assert (await env.client.get("/openapi.json", headers=admin)).status_code == 404
+
+    run(tmp_path / "default", default)
+    run(tmp_path / "closed", closed, ServerSettings(public_openapi=False))

@@ -79,6 +79,10 @@ def serve(
     cors_origin: Annotated[
         list[str] | None, typer.Option("--cors-origin", help="An origin CORS allows (repeatable; none by default).")
     ] = None,
+    openapi: Annotated[
+        bool,
+        typer.Option("--openapi/--no-openapi", help="Serve the OpenAPI document at /openapi.json, unauthenticated."),
+    ] = True,
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning or error.", case_sensitive=False)
     ] = "info",
@@ -127,6 +131,7 @@ def serve(
         max_body_bytes=max_body,
         key_requests_per_second=key_rate,
         cors_origins=tuple(cors_origin or ()),
+        public_openapi=openapi,
         jwt=jwt,
         request_timeout_seconds=request_timeout,
     )

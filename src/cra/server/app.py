@@ -179,6 +179,9 @@ def _assemble(conf: ServerSettings, lifespan: Callable[[FastAPI], Any]) -> FastA
         version=cra.__version__,
         description="CARP/1.0 resolve and execute, TRACE/1.0 traces, atlases, decisions and approvals.",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if conf.public_openapi else None,
+        docs_url=None,  # Swagger UI and ReDoc load their code from a CDN: never served
+        redoc_url=None,
     )
     app.state.started = time.monotonic()
     install_handlers(app)

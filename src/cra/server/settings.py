@@ -26,3 +26,6 @@ class ServerSettings:
     request_timeout_seconds: float = 30.0
     #: Origins allowed by CORS; none by default.
     cors_origins: tuple[str, ...] = ()
+    #: Serve the OpenAPI document at ``/openapi.json`` without authentication. It describes the API and
+    #: holds no data. No documentation UI is served: Swagger UI and ReDoc load their code from a CDN.
+    public_openapi: bool = True
