@@ -137,3 +137,16 @@ def test_unusable_verification_keys_are_refused_when_configured() -> None:
             JwtVerifier(JwtSettings(ISSUER, AUDIENCE, keys))
     with pytest.raises(ValueError, match="algorithms"):
         JwtVerifier(JwtSettings(ISSUER, AUDIENCE, (pem(ED_KEY),), ("HS256",)))
+
+
+def test_the_recorded_principal_names_the_tenant_and_the_subject() -> None:
+    """Issue #12, finding 18: the docs said ``jwt:<sub>``; the principal is, and is documented as,
+    ``jwt:<tenant>:<sub>``."""
+    verifier = JwtVerifier(JwtSettings(ISSUER, AUDIENCE, (pem(ED_KEY),)))
+    approver = verifier.identity(token(cra_role="approver", cra_agent=None, cra_policy_roles=["supervisor"]))
+    assert approver.principal == "jwt:acme:user-17"
+    assert verifier.identity(token(cra_role="approver", cra_agent=None, cra_tenant="globex")).principal == (
+        "jwt:globex:user-17"
+    )
+    documented = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text("utf-8")
+    assert "`jwt:<tenant>:<sub>`" in documented

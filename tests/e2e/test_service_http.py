@@ -13,7 +13,7 @@ import itertools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from tests.conftest import CRA10
 from tests.e2e._service import PROBLEM, SUPPORT, SUPPORT_ID, Env, carp, now, run
 
 from cra.protocol.validation import validate
-from cra.server.app import ServerSettings
+from cra.server.app import ServerSettings, create_app
 from cra.trace.chain import verify_chain
 from cra.trace.event import GENESIS_HASH
 from cra.trace.jsonl import loads_trace
@@ -1067,3 +1067,52 @@ def test_the_openapi_document_is_public_unless_turned_off_and_no_cdn_docs_ui_is_
 
     run(tmp_path / "default", default)
     run(tmp_path / "closed", closed, ServerSettings(public_openapi=False))
+
+
+def test_a_client_that_leaves_before_its_body_arrives_costs_one_debug_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue #12, finding 15: ``Content-Length: 100``, 10 bytes, then gone, logged two full tracebacks."""
+
+    async def body(env: Env) -> None:
+        await env.support("acme")
+        key = (await env.key("acme", "agent", agent="support-bot", policy_roles=("agent",)))["X-API-Key"]
+        app = create_app(env.booted.service, env.booted.state)
+        for path in ("/v1/sessions", "/v1/evaluate"):  # a routed endpoint and the hot path
+            incoming: list[dict[str, Any]] = [
+                {"type": "http.request", "body": b'{"agent_id"', "more_body": True},
+                {"type": "http.disconnect"},
+            ]
+
+            async def receive(incoming: list[dict[str, Any]] = incoming) -> dict[str, Any]:
+                return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+            async def send(message: MutableMapping[str, Any]) -> None:
+                return None
+
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "http",
+                "path": path,
+                "raw_path": path.encode(),
+                "root_path": "",
+                "query_string": b"",
+                "headers": [
+                    (b"host", b"cra.test"),
+                    (b"x-api-key", key.encode()),
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"100"),
+                ],
+                "client": ("127.0.0.1", 50000),
+                "server": ("cra.test", 80),
+            }
+            await app(scope, receive, send)
+
+    with caplog.at_level(logging.DEBUG, logger="cra"):
+        run(tmp_path, body)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert sum("left during" in r.getMessage() for r in caplog.records) == 2

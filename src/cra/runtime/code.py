@@ -123,6 +123,16 @@ def check_file_path(name: object, path: str) -> str:
     return name
 
 
+def _check_tree(filename: str, files: Mapping[str, bytes]) -> None:
+    """Refuse a name that would be both a file and a directory of other files (``a`` beside ``a/b``)."""
+    paths = {name: json_pointer(["files", name]) for name in files}
+    paths.setdefault(filename, "/filename")
+    directories = {name.rsplit("/", i)[0] for name in paths for i in range(1, name.count("/") + 1)}
+    clash = sorted(paths.keys() & directories)
+    if clash:
+        raise ValidationError(paths[clash[0]], f"{clash[0]!r} cannot be a file: other files are inside it")
+
+
 @dataclass(frozen=True, slots=True)
 class CodeRun:
     """One run: a Python script, the files placed beside it, the seed of its randomness, and its limits."""
@@ -141,6 +151,7 @@ class CodeRun:
         check_file_path(self.filename, "/filename")
         for name in self.files:
             check_file_path(name, json_pointer(["files", name]))
+        _check_tree(self.filename, self.files)
         self.limits.check("/limits")
 
     @property

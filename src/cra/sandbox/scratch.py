@@ -7,6 +7,7 @@ symbolic link the code may have planted, and the directory is removed.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from cra.errors import SandboxError, ValidationError, json_pointer
 from cra.sandbox.virtual import WALL_CLOCK_BASE_S
 
 __all__ = ["Scratch"]
@@ -34,10 +36,14 @@ class Scratch:
         self.path = Path(tempfile.mkdtemp(prefix="cra-sandbox-", dir=self._parent))
         try:
             for name, data in self._files.items():
-                target = self.path.joinpath(*name.split("/"))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-                os.utime(target, (WALL_CLOCK_BASE_S, WALL_CLOCK_BASE_S))
+                try:
+                    target = self.path.joinpath(*name.split("/"))
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
+                    os.utime(target, (WALL_CLOCK_BASE_S, WALL_CLOCK_BASE_S))
+                except OSError as exc:
+                    # Told without the host's path: where the scratch directory lives is not the caller's business.
+                    raise _unwritable(name, exc) from None
         except BaseException:
             shutil.rmtree(self.path, ignore_errors=True)
             raise
@@ -97,3 +103,14 @@ class Scratch:
             return b"".join(chunks)
         finally:
             os.close(fd)
+
+
+#: Refusals caused by the name asked for, not by the host: the caller's input is at fault.
+_NAME_ERRORS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.EILSEQ})
+
+
+def _unwritable(name: str, exc: OSError) -> Exception:
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in _NAME_ERRORS:
+        return ValidationError(json_pointer(["files", name]), f"this host cannot create that file: {reason}")
+    return SandboxError(f"the run's input files could not be written: {reason}")

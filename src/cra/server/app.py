@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,7 +27,14 @@ from cra.runtime.service import GovernanceService
 from cra.server import api, evidence_api, ledger_api, stream_api
 from cra.server.auth import Authenticator
 from cra.server.deps import Buckets, Context, RateLimited
-from cra.server.problems import SECURITY_HEADERS, crash_problem, install_handlers, problem, problem_for
+from cra.server.problems import (
+    SECURITY_HEADERS,
+    crash_problem,
+    disconnected,
+    install_handlers,
+    problem,
+    problem_for,
+)
 from cra.server.settings import ServerSettings
 from cra.server.tokens import JwtVerifier
 from cra.store.state import SqlState
@@ -114,6 +122,8 @@ def _served(endpoint: Callable[[Request], Awaitable[Response]]) -> ASGIApp:
             response = limited(exc)
         except _TooLarge:
             raise
+        except ClientDisconnect:
+            response = disconnected(request)
         except Exception as exc:  # noqa: BLE001 - the app's last-resort handler, for this path
             response = crash_problem(request, exc)
         await response(scope, receive, send)

@@ -106,7 +106,7 @@ class Identity:
 
     @property
     def principal(self) -> str:
-        """The name recorded as the actor: the agent id, else ``key:<id>`` or ``jwt:<subject>``."""
+        """The name recorded as the actor: the agent id, else ``key:<id>`` or ``jwt:<tenant>:<subject>``."""
         if self.agent_id:
             return self.agent_id
         return self.key_id if self.key_id.startswith("jwt:") else f"key:{self.key_id}"

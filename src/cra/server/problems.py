@@ -13,6 +13,7 @@ from typing import Any, Final
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from cra.errors import (
@@ -92,7 +93,18 @@ def crash_problem(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+def disconnected(request: Request) -> JSONResponse:
+    """A client that left before its body arrived: nobody is there to read an answer, and nothing failed.
+    One debug line, no traceback."""
+    _log.debug("the client left during %s %s before its body arrived", request.method, request.url.path)
+    return problem(400, "disconnected", "Client disconnected", "the request body did not arrive")
+
+
 def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        return disconnected(request)
+
     @app.exception_handler(CRAError)
     async def _cra(request: Request, exc: CRAError) -> JSONResponse:
         return problem_for(exc)

@@ -9,7 +9,7 @@ identity from claims:
 - ``cra_role``: the service role (required; one of the roles in :mod:`cra.server.auth`);
 - ``cra_agent``: the agent id an ``agent`` token acts as (required for that role, refused for others);
 - ``cra_policy_roles``: the policy roles (a list; default: the service role);
-- ``sub``: who it is (required), recorded as the principal ``jwt:<sub>``.
+- ``sub``: who it is (required), recorded as the principal ``jwt:<tenant>:<sub>``.
 """
 
 from __future__ import annotations

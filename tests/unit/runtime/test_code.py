@@ -127,6 +127,10 @@ def test_the_executor_runs_what_the_arguments_ask_within_the_defaults() -> None:
         ({"code": "x", "files": {"a": 1}}, "/files/a"),
         ({"code": "x", "files": {"a": "!!!"}}, "/files/a"),
         ({"code": "x", "files": {"../a": ""}}, "/files/..~1a"),
+        # Issue #12, finding 18: a file that is also a directory of other files was an executor_error.
+        ({"code": "x", "files": {"a": "", "a/b": ""}}, "/files/a"),
+        ({"code": "x", "files": {"d/e/f": "", "d/e": ""}}, "/files/d~1e"),
+        ({"code": "x", "filename": "job.py", "files": {"job.py/x": ""}}, "/filename"),
         ({"code": "x", "limits": {"timeout_s": 10}}, "/limits/timeout_s"),
         ({"code": 3}, "/code"),
     ],

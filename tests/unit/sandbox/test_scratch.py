@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cra.errors import ValidationError, json_pointer
 from cra.sandbox.scratch import Scratch
 from cra.sandbox.virtual import WALL_CLOCK_BASE_S
 
@@ -62,3 +64,14 @@ def test_outputs_stay_within_the_limit(sizes: list[int], limit: int) -> None:
     assert sum(len(v) for v in files.values()) <= limit
     kept = {f"f{i:02}" for i, size in enumerate(sizes) if f"f{i:02}" in files}
     assert left_out == (len(kept) < len(sizes))
+
+
+def test_a_name_the_host_cannot_create_is_refused_at_its_path_without_the_hosts_path(tmp_path: Path) -> None:
+    """Issue #12, finding 18: host errors named the scratch directory (``/tmp/cra-sandbox-…``)."""
+    name = "a/" + "x" * 300  # a valid run path, but no Linux filesystem takes a 300-byte name
+    with pytest.raises(ValidationError) as info, Scratch({name: b"data"}, tmp_path):
+        pass
+    assert info.value.path == json_pointer(["files", name])
+    assert str(tmp_path) not in str(info.value)
+    assert "cra-sandbox-" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # and the scratch directory is gone
