@@ -38,6 +38,7 @@ __all__ = [
     "LedgerConflict",
     "LedgerError",
     "NotFoundError",
+    "Overloaded",
     "PolicyError",
     "ProofError",
     "ProtocolError",
@@ -138,6 +139,17 @@ class UnavailableError(CRAError):
     was needed for is refused, and nothing the call did so far is kept."""
 
     code = "unavailable"
+
+
+class Overloaded(UnavailableError):
+    """Refused before anything was done because the work it needs is full; ``retry_after`` says when to
+    ask again. Nothing of the call is kept."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class SandboxError(CRAError):

@@ -57,6 +57,15 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8420,
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes.")] = 1,
+    executor_threads: Annotated[
+        int, typer.Option("--executor-threads", min=1, max=1024, help="Threads that run executors, per worker.")
+    ] = 8,
+    executor_queue: Annotated[
+        int,
+        typer.Option(
+            "--executor-queue", min=0, max=100_000, help="Calls that may wait for an executor thread (503 past that)."
+        ),
+    ] = 32,
     demo: Annotated[
         bool, typer.Option("--demo/--no-demo", help="Load the example atlases into tenant 'default' if it has none.")
     ] = True,
@@ -138,7 +147,13 @@ def serve(
 
     async def prepare() -> Booted:
         booted = await boot(
-            root, database_url=database_url, redis_url=redis_url, sandbox=sandbox, seal_in_background=background
+            root,
+            database_url=database_url,
+            redis_url=redis_url,
+            sandbox=sandbox,
+            seal_in_background=background,
+            executor_threads=executor_threads,
+            executor_queue=executor_queue,
         )
         try:
             token = await ensure_admin_key(booted.state)
@@ -178,7 +193,14 @@ def serve(
     except CRAError as exc:
         fail(exc)
     os.environ[CONFIG_ENV] = worker_config(
-        root, database_url, redis_url, settings, sandbox=sandbox, seal_in_background=background
+        root,
+        database_url,
+        redis_url,
+        settings,
+        sandbox=sandbox,
+        seal_in_background=background,
+        executor_threads=executor_threads,
+        executor_queue=executor_queue,
     )
     typer.echo(f"CRA serving http://{host}:{port} with {workers} workers (data dir {root})", err=True)
     uvicorn.run(

@@ -28,6 +28,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -38,6 +39,7 @@ from cra.errors import (
     CRAError,
     LedgerError,
     NotFoundError,
+    Overloaded,
     ProtocolError,
     UnavailableError,
     json_pointer,
@@ -166,6 +168,8 @@ class GovernanceService:
         monotonic: Callable[[], float] = time.monotonic,
         modules: ModuleLoader | None = None,
         seal_in_background: bool = False,
+        executor_threads: int = 8,
+        executor_queue: int = 32,
     ) -> None:
         """``digests`` is a cache of the tenants' atlas digests shared by every process (Redis),
         invalidated when an atlas changes. Without one, this process trusts the digests it read
@@ -175,7 +179,14 @@ class GovernanceService:
         With ``seal_in_background``, an operation answers once its events are committed, and a
         background task seals whatever has been committed into the ledger, many operations in one
         append; reads of the ledger (:meth:`flush`) seal what is pending first. Committed events
-        survive a crash either way and are sealed by the next :meth:`start`."""
+        survive a crash either way and are sealed by the next :meth:`start`.
+
+        Executors run on ``executor_threads`` threads of their own, so slow or stuck tools never
+        take the threads that sealing and ledger reads use. At most ``executor_queue`` more calls
+        wait for one; past that, a call to an action with an executor is refused before anything
+        is recorded (:class:`~cra.errors.Overloaded`, a 503 with ``Retry-After``)."""
+        if executor_threads < 1 or executor_queue < 0:
+            raise ValueError("executor_threads must be at least 1 and executor_queue at least 0")
         self.state = state
         self.ledger = ledger
         self._signer = signer
@@ -183,6 +194,9 @@ class GovernanceService:
         self._ids: IdSource = ids or SystemIds()
         self._counters = _Counters(counters or MemoryCounters())
         self._executors = dict(executors or {})
+        self._executor_pool = ThreadPoolExecutor(max_workers=executor_threads, thread_name_prefix="cra-executor")
+        self._executor_capacity = executor_threads + executor_queue
+        self._executor_calls = 0  # admitted calls whose executor runs or waits for a thread (this event loop's)
         self._modules = modules
         self._ttl = resolution_ttl_seconds
         self._skew = max_clock_skew_seconds
@@ -209,6 +223,7 @@ class GovernanceService:
             _log.exception("the ledger cannot seal the committed events yet; they stay marked unsealed")
 
     async def close(self) -> None:
+        self._executor_pool.shutdown(wait=False, cancel_futures=True)
         if self._sealer is not None:
             self._sealer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -544,26 +559,46 @@ class GovernanceService:
             request_id=req.request_id,
             idempotency_key=req.execution.idempotency_key,
         )
-        started = await self._operate(
-            keys, lambda r: r.begin_execute(req, approval_ticket=approval_ticket, requested_by=requested_by)
-        )
+        admitted = req.execution.action_id in self._executors
+        if admitted:
+            if self._executor_calls >= self._executor_capacity:
+                raise Overloaded(
+                    f"{self._executor_calls} calls are running or waiting for an executor, the most this "
+                    "process takes; nothing of this call was recorded"
+                )
+            self._executor_calls += 1
+        try:
+            started = await self._operate(
+                keys, lambda r: r.begin_execute(req, approval_ticket=approval_ticket, requested_by=requested_by)
+            )
+        except BaseException:
+            self._executor_calls -= admitted
+            raise
         if not isinstance(started, PendingCall):
+            self._executor_calls -= admitted
             return started
         finish = SnapshotKeys(tenant_id, req.session_id, idempotency_key=req.execution.idempotency_key)
 
         async def run_and_record() -> dict[str, Any]:
             try:
-                outcome = await asyncio.to_thread(started.run)
+                outcome = await asyncio.get_running_loop().run_in_executor(self._executor_pool, started.run)
             except BaseException as exc:
                 aborted = Outcome(0, error_code="executor_aborted", error_message=type(exc).__name__)
                 await self._operate(finish, lambda r: r.finish_execute(started, aborted))
                 raise
+            finally:
+                self._executor_calls -= admitted
             return await self._operate(finish, lambda r: r.finish_execute(started, outcome))
 
         task = asyncio.ensure_future(run_and_record())
         self._running.add(task)
         task.add_done_callback(self._ran)
         return await asyncio.shield(task)
+
+    @property
+    def executor_calls(self) -> int:
+        """Calls admitted in this process whose executor runs or waits for a thread now."""
+        return self._executor_calls
 
     def _ran(self, task: asyncio.Future[dict[str, Any]]) -> None:
         """A call that ran on after its request was gone: keep no reference, and log its failure."""

@@ -69,6 +69,8 @@ async def boot(
     executors: Mapping[str, Executor] | None = None,
     sandbox: bool = False,
     seal_in_background: bool = False,
+    executor_threads: int = 8,
+    executor_queue: int = 32,
 ) -> Booted:
     """Open (creating if need be) the data directory's state, ledger and keys.
 
@@ -78,6 +80,8 @@ async def boot(
     ``sandbox``, ``code.execute`` runs in the WebAssembly sandbox, which is made ready (built on a
     machine's first use) in the background. With ``seal_in_background``, operations answer once
     committed and a background task seals them into the ledger in batches (``cra serve`` does this).
+    Executors run on ``executor_threads`` threads of their own, with at most ``executor_queue`` calls
+    waiting for one (:class:`~cra.runtime.service.GovernanceService`).
     """
     if sandbox:
         executors = {**_sandbox_executors(), **(executors or {})}
@@ -97,6 +101,8 @@ async def boot(
             executors=executors,
             modules=load_policy_module,
             seal_in_background=seal_in_background,
+            executor_threads=executor_threads,
+            executor_queue=executor_queue,
         )
         return Booted(service, state, ledger)
     counters = RedisCounters.from_url(redis_url)
@@ -119,6 +125,8 @@ async def boot(
         digests=digests,
         modules=load_policy_module,
         seal_in_background=seal_in_background,
+        executor_threads=executor_threads,
+        executor_queue=executor_queue,
     )
     return Booted(service, state, ledger, counters, digests, client)
 

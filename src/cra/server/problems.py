@@ -22,6 +22,7 @@ from cra.errors import (
     CRAError,
     LedgerError,
     NotFoundError,
+    Overloaded,
     RuntimeStateError,
     UnavailableError,
     ValidationError,
@@ -29,7 +30,15 @@ from cra.errors import (
 )
 from cra.server.auth import AuthError, ForbiddenError
 
-__all__ = ["PROBLEM_JSON", "SECURITY_HEADERS", "crash_problem", "install_handlers", "problem", "problem_for"]
+__all__ = [
+    "PROBLEM_JSON",
+    "SECURITY_HEADERS",
+    "crash_problem",
+    "disconnected",
+    "install_handlers",
+    "problem",
+    "problem_for",
+]
 
 PROBLEM_JSON: Final = "application/problem+json"
 _BASE: Final = "https://cra.dev/problems/"
@@ -80,6 +89,8 @@ def problem_for(exc: CRAError) -> JSONResponse:
         extra["path"] = exc.path
         extra["reason"] = exc.reason
     response = problem(status, exc.code, title, str(exc), **extra)
+    if isinstance(exc, Overloaded):
+        response.headers["Retry-After"] = str(exc.retry_after)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'ApiKey header="X-API-Key", Bearer'
     return response

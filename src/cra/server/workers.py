@@ -34,6 +34,8 @@ def worker_config(
     *,
     sandbox: bool,
     seal_in_background: bool,
+    executor_threads: int = 8,
+    executor_queue: int = 32,
 ) -> str:
     return json.dumps(
         {
@@ -42,6 +44,8 @@ def worker_config(
             "redis_url": redis_url,
             "sandbox": sandbox,
             "seal_in_background": seal_in_background,
+            "executor_threads": executor_threads,
+            "executor_queue": executor_queue,
             "settings": asdict(settings),
         }
     )
@@ -67,6 +71,8 @@ def app() -> FastAPI:
             redis_url=redis_url,
             sandbox=config["sandbox"],
             seal_in_background=config["seal_in_background"],
+            executor_threads=config["executor_threads"],
+            executor_queue=config["executor_queue"],
         )
 
     return serving_app(open_service, settings=settings)
