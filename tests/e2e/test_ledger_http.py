@@ -33,6 +33,7 @@ from cra.runtime.service import GovernanceService
 from cra.server.app import create_app
 from cra.server.auth import issue_key
 from cra.server.boot import Booted, boot, load_atlas_dirs
+from cra.store.keys import Keyring
 from cra.store.sql_ledger import SqlLedgerStore
 
 SUPPORT = Path(__file__).resolve().parents[2] / "examples" / "atlases" / "customer-support"
@@ -553,3 +554,30 @@ def test_with_postgresql_the_ledger_lives_in_the_database(
         # Another data directory has other keys, so another log origin: it may not write into this log.
         with pytest.raises(LedgerError, match="holds the log"):
             asyncio.run(boot(tmp_path_factory.mktemp("other"), database_url=where.database_url))
+
+
+def test_a_rotation_beside_the_running_service_is_taken_up(where: Where) -> None:
+    """Issue #12, finding 10: after ``cra keys rotate`` the service went on signing with the old key,
+    so a checkpoint did not verify with the new primary key alone."""
+
+    async def body(env: Env) -> None:
+        await env.support("acme")
+        agent = await env.key("acme", "agent", agent="support-bot")
+        await governed_session(env, agent)
+        before = (await env.client.get("/v1/ledger/checkpoint", headers=agent)).text
+        old = Keyring(where.data_dir / "keys").signers()[0]
+        new = Keyring(where.data_dir / "keys").rotate()  # what `cra keys rotate` does, from outside
+
+        after = (await env.client.get("/v1/ledger/checkpoint", headers=agent)).text
+        assert after != before
+        assert open_checkpoint(after, [new.verifier]).size >= open_checkpoint(before, [old.verifier]).size
+        open_checkpoint(after, [old.verifier])  # the old primary co-signs until the next rotation
+
+        # A session after the rotation: its attestations and their proofs verify with the new key alone.
+        sid, _ = await governed_session(env, agent)
+        listing = (await env.client.get(f"/v1/sessions/{sid}/attestations", headers=agent)).json()
+        for attestation_id in listing["attestation_ids"]:
+            got = (await env.client.get(f"/v1/attestations/{attestation_id}/verify", headers=agent)).json()
+            verify_attestation(got["attestation"], got["entry"].encode(), got["tlog_proof"], [new.verifier])
+
+    run(where, body)

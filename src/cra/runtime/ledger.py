@@ -26,7 +26,7 @@ from cra.ledger.merkle import CompactRange, Plan, assemble, consistency_plan, in
 from cra.ledger.note import NoteSigner, NoteVerifier
 from cra.ledger.tlog_proof import TlogProof
 from cra.runtime.clock import SystemClock
-from cra.runtime.ports import Clock, LedgerEntry, LedgerStore, StoredAttestation
+from cra.runtime.ports import Clock, KeySource, LedgerEntry, LedgerStore, StoredAttestation
 from cra.runtime.records import AttestationClaim
 from cra.trace.event import TraceEvent
 from cra.trace.jsonl import dumps_event
@@ -72,12 +72,17 @@ class AuditLedger:
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 1.0,
         retired: Sequence[NoteVerifier] = (),
+        keys: KeySource | None = None,
     ) -> None:
+        """``keys``, when given, is asked before every signature whether the keys changed (a
+        ``cra keys rotate`` run beside a service), so the log always signs with the current ones."""
         if not signers:
             raise LedgerError("the ledger needs at least one signing key")
         if checkpoint_every < 1 or checkpoint_interval <= 0:
             raise LedgerError("checkpoint_every and checkpoint_interval must be positive")
         self._store = store
+        self._keys = keys
+        self._rekeyed = False  # the keys changed since the newest stored checkpoint was signed
         self._signers = tuple(signers)
         self.origin = origin
         self._clock: Clock = clock or SystemClock()
@@ -203,10 +208,26 @@ class AuditLedger:
             atlases=claim.atlases,
             timestamp=event.timestamp,
         )
+        self._reload_keys()
         return StoredAttestation(event.event_id, index, entry.session_id, attestation.sign(self._signers))
 
+    def _reload_keys(self) -> None:
+        """Take up keys that changed since the last signature (called under the lock)."""
+        fresh = None if self._keys is None else self._keys.changed()
+        if fresh is None:
+            return
+        signers, retired = fresh
+        if not signers:
+            raise LedgerError("the keyring has no active signing key")
+        self._signers = tuple(signers)
+        self.verifiers = (*(s.verifier for s in self._signers), *retired)
+        self._rekeyed = True
+
     def _sign(self, tree: CompactRange) -> str:
-        return sign_checkpoint(Checkpoint(self.origin, tree.size, tree.root()), self._signers)
+        self._reload_keys()
+        note = sign_checkpoint(Checkpoint(self.origin, tree.size, tree.root()), self._signers)
+        self._rekeyed = False
+        return note
 
     # -- checkpoints and proofs -------------------------------------------------
 
@@ -217,8 +238,9 @@ class AuditLedger:
             size = self._tree.size
             if size == 0:
                 raise LedgerError("the log is empty: there is nothing to checkpoint yet")
+            self._reload_keys()
             latest = self._store.checkpoint()
-            if latest is not None and latest[0] == size:
+            if latest is not None and latest[0] == size and not self._rekeyed:
                 return latest[1]
             note = self._sign(self._tree)
             self._store.put_checkpoint(size, note)
@@ -226,6 +248,11 @@ class AuditLedger:
             return note
 
     def latest_checkpoint(self) -> str | None:
+        """The newest stored checkpoint; after a key rotation, a new one signed by the current keys."""
+        with self._lock:
+            self._reload_keys()
+            if self._rekeyed and self._store.size() > 0:
+                return self.checkpoint()
         latest = self._store.checkpoint()
         return None if latest is None else latest[1]
 

@@ -14,6 +14,7 @@ from cra.policy.decision import Charge, LimitBreach
 from cra.trace.event import TraceEvent
 
 if TYPE_CHECKING:
+    from cra.ledger.note import NoteSigner, NoteVerifier  # annotations only: the portable runtime has no ledger
     from cra.runtime.approvals import Approval
     from cra.runtime.records import (
         AtlasRecord,
@@ -34,6 +35,7 @@ __all__ = [
     "CounterStore",
     "EventStore",
     "IdSource",
+    "KeySource",
     "LedgerEntry",
     "LedgerStore",
     "ResolutionStore",
@@ -169,6 +171,15 @@ class StoredAttestation(NamedTuple):
     log_index: int
     session_id: str
     note: str
+
+
+class KeySource(Protocol):
+    """Where the log's keys live, for a ledger that must notice a rotation made by another process."""
+
+    def changed(self) -> tuple[Sequence[NoteSigner], Sequence[NoteVerifier]] | None:
+        """The signing keys (primary first) and the retired verifiers, if they changed since the last
+        call; ``None`` if not."""
+        ...
 
 
 class LedgerStore(Protocol):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cra.runtime.ledger import AuditLedger
 from cra.runtime.ports import Clock, LedgerStore
-from cra.store.keys import Keyring
+from cra.store.keys import Keyring, KeyringWatch
 from cra.store.ledger import SqliteLedgerStore
 
 __all__ = ["default_data_dir", "open_ledger", "resolve_data_dir"]
@@ -83,6 +83,7 @@ def open_ledger(
             checkpoint_every=checkpoint_every,
             checkpoint_interval=checkpoint_interval,
             retired=retired,
+            keys=KeyringWatch(keyring),
         )
     except BaseException:
         store.close()

@@ -26,7 +26,7 @@ from typing import Any
 from cra.errors import LedgerError, ProofError
 from cra.ledger.note import NoteSigner, NoteVerifier
 
-__all__ = ["KeyInfo", "Keyring", "new_origin", "ticket_secret"]
+__all__ = ["KeyInfo", "Keyring", "KeyringWatch", "new_origin", "ticket_secret"]
 
 _FILE = "keyring.json"
 
@@ -155,6 +155,30 @@ class Keyring:
     def retired(self) -> list[NoteVerifier]:
         """The verifier keys of retired keys, which still check old checkpoints."""
         return [NoteVerifier.parse(k["vkey"]) for k in self._read()["keys"] if k["role"] == "retired"]
+
+
+class KeyringWatch:
+    """The :class:`~cra.runtime.ports.KeySource` of a keyring: notices when ``keyring.json`` is replaced,
+    as ``cra keys rotate`` does, and then reads the keys again."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self._keyring = keyring
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            info = (self._keyring.directory / _FILE).stat()
+        except OSError:
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
+
+    def changed(self) -> tuple[list[NoteSigner], list[NoteVerifier]] | None:
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return None
+        signers, retired = self._keyring.signers(), self._keyring.retired()  # raises on a broken keyring
+        self._seen = stamp
+        return signers, retired
 
 
 def ticket_secret(directory: str | Path) -> bytes:
