@@ -18,6 +18,18 @@ Workloads, all on ``tests/fixtures/policy_modules/allow_small.wat`` unless said 
   failure gets.
 * ``policy-module-load``: ``PolicyModule.load`` from WAT text and from the wasm binary (compile,
   checks and the first instantiation).
+* ``policy-module-fuel-rate``: how much fuel a millisecond burns in ``loop.wat``'s tight loop of
+  plain instructions, under a deadline too long to matter; and so how long the most fuel a ``wasm``
+  policy may set (``MAX_FUEL``) and the default (``DEFAULT_FUEL``) take here, against the longest
+  and the default deadline. (Calls into the runtime, such as ``memory.grow``, burn fuel far more
+  slowly: ``slow.wat``. The deadline, not fuel, bounds those.)
+* ``policy-module-deadline``: ``loop.wat`` with the most fuel and the default deadline: how long a
+  call takes to be denied (``deadline``), and how far past the deadline that is.
+* ``policy-module-start-deadline``: loading a module whose start function loops, with the most
+  fuel: how long until the load is refused.
+
+The fast workload's anchors include the deadline machinery each call pays: entering and leaving
+the epoch ticker, and setting the store's epoch deadline.
 
 Latencies are wall-clock times of single calls taken with ``perf_counter_ns`` on either side, so
 every sample also holds one timer read (``timer_overhead_p50_ns``). The garbage collector stays on.
@@ -44,6 +56,9 @@ from typing import Any, Final
 import wasmtime
 
 from _bench import Target, attach_targets, call_anchors, emit, environment, latency_summary
+from cra.errors import PolicyError
+from cra.policy.modules import DEFAULT_DEADLINE_MS, DEFAULT_FUEL, MAX_DEADLINE_MS, MAX_FUEL
+from cra.sandbox import policy_module
 from cra.sandbox.policy_module import ModuleVerdict, PolicyModule
 from cra.trace.event import format_timestamp
 
@@ -79,6 +94,9 @@ class Counts:
     failure_calls: int
     loads: int
     anchor_calls: int
+    rate_fuel: int
+    rate_calls: int
+    deadline_calls: int
 
 
 FULL: Final = Counts(
@@ -89,6 +107,9 @@ FULL: Final = Counts(
     failure_calls=500,
     loads=20,
     anchor_calls=20_000,
+    rate_fuel=MAX_FUEL,
+    rate_calls=5,
+    deadline_calls=10,
 )
 QUICK: Final = Counts(
     fast_calls=500,
@@ -98,11 +119,19 @@ QUICK: Final = Counts(
     failure_calls=50,
     loads=5,
     anchor_calls=500,
+    rate_fuel=MAX_FUEL // 10,
+    rate_calls=2,
+    deadline_calls=3,
 )
 
 TARGETS: Final[dict[str, dict[str, Target]]] = {
     "policy-module-fast": {"p50_us": Target(15.0)},
+    # The most fuel must run out within the longest deadline, even at the slowest rate seen.
+    "policy-module-fuel-rate": {"max_fuel_ms_at_slowest": Target(MAX_DEADLINE_MS)},
+    "policy-module-deadline": {"overshoot_ms_p50": Target(10.0)},
 }
+#: A deadline too long to matter, for measuring how fast fuel burns.
+_NO_DEADLINE_MS: Final = 3_600_000
 
 
 def time_calls(
@@ -216,6 +245,101 @@ def bench_load(source: str, counts: Counts) -> dict[str, Any]:
     return result
 
 
+def _loop_source() -> str:
+    return (FIXTURES / "loop.wat").read_text(encoding="utf-8")
+
+
+def bench_fuel_rate(counts: Counts) -> dict[str, Any]:
+    module = PolicyModule.load(_loop_source(), fuel=counts.rate_fuel, deadline_ms=_NO_DEADLINE_MS)
+    rates = []
+    for _ in range(counts.rate_calls):
+        t0 = time.perf_counter_ns()
+        verdict = module.evaluate(b"[1]")
+        elapsed = time.perf_counter_ns() - t0
+        if verdict.failure != "out_of_fuel":
+            raise RuntimeError(f"loop.wat did not run out of fuel: {verdict}")
+        rates.append(verdict.fuel_used / (elapsed / 1e6))
+    slowest = min(rates)
+    return {
+        "description": "loop.wat's tight loop ((loop (br 0)), one unit of fuel an iteration) run out of fuel, "
+        "under a deadline too long to matter: fuel burnt per millisecond",
+        "fuel_per_call": counts.rate_fuel,
+        "calls": counts.rate_calls,
+        "fuel_per_ms": {"min": round(slowest), "median": round(statistics.median(rates)), "max": round(max(rates))},
+        "max_fuel": MAX_FUEL,
+        "max_deadline_ms": MAX_DEADLINE_MS,
+        "max_fuel_ms_at_slowest": round(MAX_FUEL / slowest, 1),
+        "max_deadline_over_max_fuel_ms": round(MAX_DEADLINE_MS / (MAX_FUEL / slowest), 2),
+        "default_fuel": DEFAULT_FUEL,
+        "default_deadline_ms": DEFAULT_DEADLINE_MS,
+        "default_fuel_ms_at_slowest": round(DEFAULT_FUEL / slowest, 2),
+    }
+
+
+def bench_deadline(counts: Counts) -> dict[str, Any]:
+    module = PolicyModule.load(_loop_source(), fuel=MAX_FUEL)
+    samples = []
+    reason = ""
+    for _ in range(counts.deadline_calls):
+        t0 = time.perf_counter_ns()
+        verdict = module.evaluate(b"[1]")
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+        if verdict.failure != "deadline":
+            raise RuntimeError(f"loop.wat with the most fuel was not stopped by its deadline: {verdict}")
+        reason = verdict.reason
+    ordered = sorted(samples)
+    median = statistics.median(ordered)
+    return {
+        "description": f"loop.wat with fuel {MAX_FUEL} and the default deadline: wall-clock time until the call "
+        "is denied, including the fresh instance that replaces the stopped one",
+        "calls": len(samples),
+        "deadline_ms": DEFAULT_DEADLINE_MS,
+        "denied_after_ms": {"min": round(ordered[0], 2), "median": round(median, 2), "max": round(ordered[-1], 2)},
+        "overshoot_ms_p50": round(median - DEFAULT_DEADLINE_MS, 2),
+        "reason": reason,
+    }
+
+
+def bench_start_deadline(counts: Counts) -> dict[str, Any]:
+    source = _loop_source().replace("(module", "(module (func $spin (loop $l (br $l))) (start $spin)", 1)
+    samples = []
+    message = ""
+    for _ in range(counts.rate_calls):
+        t0 = time.perf_counter_ns()
+        try:
+            PolicyModule.load(source, fuel=MAX_FUEL)
+        except PolicyError as exc:
+            message = exc.reason
+        else:
+            raise RuntimeError("a module whose start function loops was loaded")
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+        if "deadline" not in message:
+            raise RuntimeError(f"the looping start function was not stopped by the deadline: {message}")
+    return {
+        "description": f"PolicyModule.load of a module whose start function loops, fuel {MAX_FUEL}: "
+        "wall-clock time until the load is refused (compile included)",
+        "loads": len(samples),
+        "deadline_ms": DEFAULT_DEADLINE_MS,
+        "refused_after_ms": {"min": round(min(samples), 2), "max": round(max(samples), 2)},
+        "message": message,
+    }
+
+
+def _deadline_machinery(module: PolicyModule) -> dict[str, Callable[[], object]]:
+    """What each call pays for its deadline, as separate operations (the private pieces, on purpose)."""
+    ticker = policy_module._ticker
+    instance = module._instance
+    assert isinstance(instance, policy_module._FastInstance)
+    ctx = instance.ctx
+    set_deadline = policy_module._set_deadline
+
+    def bracket() -> None:
+        ticker.enter()
+        ticker.leave()
+
+    return {"ticker_enter_leave": bracket, "set_epoch_deadline": lambda: set_deadline(ctx, 51)}
+
+
 def run(counts: Counts, seed: int, mode: str) -> dict[str, Any]:
     started = datetime.now(UTC)
     wall = time.perf_counter()
@@ -228,7 +352,7 @@ def run(counts: Counts, seed: int, mode: str) -> dict[str, Any]:
     fast_result = bench_fixed(
         fast, counts.fast_calls, counts.warmup, "PolicyModule.evaluate(request) on the unchecked fast path"
     )
-    anchors = call_anchors(counts.anchor_calls, timed_like="PolicyModule.evaluate")
+    anchors = call_anchors(counts.anchor_calls, timed_like="PolicyModule.evaluate", **_deadline_machinery(fast))
     anchors["evaluate_p50_over_empty_call"] = round(
         fast_result["latency_us"]["p50"] * 1000 / anchors["empty_call_p50_ns"], 1
     )
@@ -249,6 +373,9 @@ def run(counts: Counts, seed: int, mode: str) -> dict[str, Any]:
         "policy-module-varied": bench_varied(fast, counts, seed),
         "policy-module-failure": bench_failure(counts),
         "policy-module-load": bench_load(source, counts),
+        "policy-module-fuel-rate": bench_fuel_rate(counts),
+        "policy-module-deadline": bench_deadline(counts),
+        "policy-module-start-deadline": bench_start_deadline(counts),
     }
     summary = attach_targets(workloads, TARGETS)
     return {

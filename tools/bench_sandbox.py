@@ -39,6 +39,7 @@ import wasmtime
 from _bench import Target, attach_targets, emit, environment, latency_summary, p50_ns
 from cra.runtime.code import CodeRun, Limits
 from cra.sandbox import WasmSandbox
+from cra.sandbox.wasm import _Lane
 
 FORMAT: Final = "cra.bench_sandbox/1"
 TARGETS: Final = {
@@ -56,11 +57,11 @@ def _samples(fn: Callable[[], object], n: int) -> list[int]:
     return out
 
 
-def _warm_start(sandbox: WasmSandbox) -> Callable[[], object]:
-    """What ``WasmSandbox._execute`` does before the guest's first instruction (private parts, read-only)."""
-    engine, linker, component = sandbox._engine, sandbox._linker, sandbox._component
-    assert linker is not None
-    assert component is not None
+def _warm_start(artifact: Path) -> Callable[[], object]:
+    """What ``WasmSandbox._execute`` does before the guest's first instruction, on a lane of its own
+    (a private part of the sandbox, used read-only)."""
+    lane = _Lane(artifact, tick=0.01)
+    engine, linker, component = lane.engine, lane.linker, lane.component
     scratch = tempfile.mkdtemp(prefix="cra-bench-")
 
     def start() -> object:
@@ -84,7 +85,7 @@ def run(*, iterations: int, heavy: int, cold: bool, mode: str) -> dict[str, Any]
     load_ms = (time.perf_counter() - loaded_at) * 1000
     workloads: dict[str, dict[str, Any]] = {}
 
-    start = _warm_start(sandbox)
+    start = _warm_start(artifact.path)
     start()
     workloads["warm-start"] = {"iterations": iterations, "latency_us": latency_summary(_samples(start, iterations))}
 

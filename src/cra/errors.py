@@ -44,6 +44,7 @@ __all__ = [
     "ProtocolError",
     "ResolutionError",
     "RuntimeStateError",
+    "SandboxBuilding",
     "SandboxError",
     "SessionError",
     "TraceError",
@@ -150,6 +151,13 @@ class Overloaded(UnavailableError):
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class SandboxBuilding(Overloaded):
+    """Refused because the executor the call needs is still being prepared (the sandbox's first
+    build); nothing of the call is kept, and it never runs later."""
+
+    code = "sandbox_building"
 
 
 class SandboxError(CRAError):

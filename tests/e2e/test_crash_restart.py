@@ -24,7 +24,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,17 +53,28 @@ NDJSON = "application/x-ndjson"
 class Serve:
     """One ``cra serve`` process: the Python interpreter itself, not a shell or a wrapper script."""
 
-    def __init__(self, data_dir: Path, port: int, log: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        log: Path,
+        *,
+        args: Sequence[str] = (),
+        sandbox: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self._log_path = log
         self._log = log.open("w")
         command = serve_command(data_dir, port)
+        if sandbox:
+            command.remove("--no-sandbox")
         self.process = subprocess.Popen(  # noqa: S603 - the project's own command line
-            [*command, "--key-rate", "0"],
+            [*command, "--key-rate", "0", *args],
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         assert self.process.stdout is not None
         self.lines: queue.Queue[str] = queue.Queue()

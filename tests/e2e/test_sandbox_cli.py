@@ -43,20 +43,27 @@ def job(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_first_use_builds_the_sandbox_and_later_uses_load_it(tmp_path: Path, job: Path, wasm_builds: None) -> None:
     cache = tmp_path / "empty-cache"
-    built = cra("sandbox", "build", "--json", cache=cache)
-    assert built.returncode == 0, built.stderr
-    first = json.loads(built.stdout)
-    assert first["built"] is True
-    assert first["build_s"] > 0
-    assert first["compile_s"] > 0
-    assert Path(first["path"]).is_file()
-    assert oct((cache / "sandbox").stat().st_mode & 0o777) == oct(0o700)
-
-    again = json.loads(cra("sandbox", "build", "--json", cache=cache).stdout)
-    assert (again["built"], again["key"]) == (False, first["key"])
     run = cra("sandbox", "run", job, "--input", job.parent / "numbers.json", "--json", cache=cache)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["stdout"].startswith("6 ")
+    # Issue #12, finding 11: a first build on a cold cache shows its progress on the terminal.
+    steps = [line for line in run.stderr.splitlines() if line.startswith("building the sandbox")]
+    assert len(steps) == 3, run.stderr
+    assert "step 1 of 2" in steps[0]
+    assert "step 2 of 2" in steps[1]
+    assert steps[2].startswith("building the sandbox: step 2 took ")
+    assert oct((cache / "sandbox").stat().st_mode & 0o777) == oct(0o700)
+
+    built = json.loads(cra("sandbox", "build", "--json", cache=cache).stdout)
+    assert built["built"] is False
+    assert Path(built["path"]).is_file()
+    record = json.loads((Path(built["path"]).parent / "artifact.json").read_text())
+    assert record["key"] == built["key"]
+    assert record["build_s"] > 0
+    assert record["compile_s"] > 0
+    again = cra("sandbox", "run", job, "--input", job.parent / "numbers.json", "--json", cache=cache)
+    assert again.returncode == 0, again.stderr
+    assert "building the sandbox" not in again.stderr
 
 
 def test_a_cache_open_to_others_is_refused(tmp_path: Path, job: Path) -> None:

@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cra.errors import AtlasError, CRAError, ProtocolError
-from cra.ledger.bundle import parse_bundle, parse_consistency, verify_bundle
+from cra.ledger.bundle import open_session_statement, parse_bundle, parse_consistency, verify_bundle
 from cra.ledger.checkpoint import parse_checkpoint
-from cra.ledger.note import NoteSigner, NoteVerifier, parse_note
+from cra.ledger.note import NoteSigner, NoteVerifier, parse_note, sign_note
 from cra.ledger.tlog_proof import parse_tlog_proof, verify_tlog_proof
 from cra.protocol.atlas import parse_atlas, parse_package
 from cra.protocol.canonical import loads_strict, parse_json
@@ -81,6 +81,7 @@ def _logged() -> tuple[NoteVerifier, str, str, bytes, str, str]:
 KEY = NoteSigner("cra.test/fuzz", bytes(range(32)))
 VERIFIER, NOTE, TLOG_PROOF, ENTRY, BUNDLE, TRACE = _logged()
 CHECKPOINT = NOTE.split("\n\n", 1)[0] + "\n"
+STATEMENT = json.loads(BUNDLE)["sessions"][0].split("\n\n", 1)[0] + "\n"  # the log's statement of the session
 GOLDEN_REQUEST = (VECTORS / "conformance" / "golden" / "simple-resolve" / "request.json").read_text("utf-8")
 GOLDEN_ATLAS = (VECTORS / "conformance" / "golden" / "simple-resolve" / "atlas.json").read_text("utf-8")
 
@@ -204,6 +205,13 @@ def test_bundles_parsed_and_verified(text: str) -> None:
 
 
 @FUZZ
+@given(text=mutations(STATEMENT))
+def test_session_statements_signed_by_the_log(text: str) -> None:
+    """A statement's body reaches its parser only under a trusted signature, so each mutation is signed."""
+    only_documented_errors(lambda t: open_session_statement(sign_note(t, [KEY]), [VERIFIER]), text)
+
+
+@FUZZ
 @given(text=mutations(TLOG_PROOF))
 def test_tlog_proofs_verified(text: str) -> None:
     only_documented_errors(lambda t: verify_tlog_proof(t, ENTRY, [VERIFIER]), text)
@@ -213,6 +221,7 @@ def test_the_seeds_are_valid_so_mutations_start_from_real_formats() -> None:
     """The unmutated artefacts parse and verify: the harness explores around real inputs."""
     verify_bundle(parse_bundle(parse_json(BUNDLE, source=None, error=ProtocolError)), [VERIFIER])
     parse_checkpoint(CHECKPOINT)
+    open_session_statement(sign_note(STATEMENT, [KEY]), [VERIFIER])
     parse_note(NOTE)
     verify_tlog_proof(TLOG_PROOF, ENTRY, [VERIFIER])
     parse_carp_request(loads_strict(GOLDEN_REQUEST))

@@ -194,3 +194,65 @@ def test_raising_from_a_finally_or_a_broken_str_still_reports(wasm_sandbox: Wasm
     code = "class E(Exception):\n    def __str__(self):\n        raise RuntimeError('no')\nraise E()\n"
     result = _hostile(wasm_sandbox, code)
     assert (result.reason, result.exit_code) == ("exit_code", 1)
+
+
+def test_a_deep_tree_after_a_large_file_ends_the_run_and_leaves_nothing(
+    wasm_sandbox: WasmSandbox, tmp_path: Path
+) -> None:
+    """Issue #12, finding 1: 50 MB then 1,100 nested directories broke the host's recursive walk
+    and cleanup (RecursionError), and the scratch directory stayed on the host's disk."""
+    sandbox = WasmSandbox(scratch_parent=tmp_path)
+    code = (
+        "import os\nopen('big', 'wb').write(b'x' * 50_000_000)\n"
+        "cur = ''\nfor i in range(1100):\n    cur += 'a/'\n    os.mkdir(cur)\nprint('all made')\n"
+    )
+    result = sandbox.run(CodeRun(code, limits=Limits(timeout_s=30, disk_bytes=200 * 2**20)))
+    assert (result.reason, result.message) == ("disk", "the code nested directories deeper than 64 levels")
+    assert list(tmp_path.iterdir()) == []
+    _then_normal(sandbox)
+
+
+@pytest.mark.parametrize(
+    ("code", "limits", "message"),
+    [
+        (
+            "for i in range(300_000):\n    open(f'f{i}', 'w').close()\n",
+            Limits(timeout_s=60, disk_entries=2000),
+            "the code created more than 2000 files and directories",
+        ),
+        (
+            "with open('big', 'wb') as f:\n    while True:\n        f.write(b'x' * 1_000_000)\n",
+            Limits(timeout_s=60, disk_bytes=20 * 2**20),
+            f"the code used more than {20 * 2**20} bytes of scratch disk",
+        ),
+    ],
+)
+def test_scratch_use_is_bounded_while_the_run_goes_on(
+    wasm_sandbox: WasmSandbox, tmp_path: Path, code: str, limits: Limits, message: str
+) -> None:
+    """Issue #12, finding 1: disk use and the number of files are bounded during the run, not after it."""
+    sandbox = WasmSandbox(scratch_parent=tmp_path)
+    result = sandbox.run(CodeRun(code, limits=limits))
+    assert (result.reason, result.exit_code, result.message) == ("disk", None, message)
+    assert len(result.files) <= limits.disk_entries
+    assert list(tmp_path.iterdir()) == []
+    _then_normal(sandbox)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("import socket\nprint('before')\nsocket.create_connection(('127.0.0.1', 80))", "trap"),
+        ("import sys\nprint('before')\nprint('to stderr', file=sys.stderr)\nwhile True: pass", "timeout"),
+        ("print('before', end='')\nx = 0\nwhile True: x += 1", "out_of_fuel"),
+    ],
+)
+def test_what_was_printed_before_a_trap_is_kept(wasm_sandbox: WasmSandbox, code: str, reason: str) -> None:
+    """Issue #12, finding 17: output buffered in the guest was lost when the run trapped."""
+    limits = Limits(timeout_s=1.0, fuel=2_000_000_000 if reason == "out_of_fuel" else 10**13)
+    result = wasm_sandbox.run(CodeRun(code, limits=limits))
+    assert result.reason == reason
+    assert result.stdout.startswith(b"before")
+    if reason == "timeout":
+        assert result.stderr == b"to stderr\n"
+    _then_normal(wasm_sandbox)

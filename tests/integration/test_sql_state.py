@@ -58,6 +58,7 @@ SERVICE_TABLES = {
     "ledger_meta",
     "request_ids",
     "resolutions",
+    "running_calls",
     "sessions",
 }
 

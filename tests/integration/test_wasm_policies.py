@@ -12,7 +12,7 @@ import pytest
 
 from cra import AtlasError, Engine, ManualClock, PolicyError, Resolver, SeededIds, load_atlas
 from cra.policy.decision import Effect, EvalRequest
-from cra.policy.modules import ModuleAnswer, ModuleLimits, module_request
+from cra.policy.modules import DEFAULT_DEADLINE_MS, MAX_FUEL, ModuleAnswer, ModuleLimits, module_request
 from cra.sandbox import load_policy_module
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -105,6 +105,11 @@ def test_a_module_that_cannot_load_is_a_load_error_at_its_path(tmp_path: Path, m
         ({}, "/policies/0/parameters/module"),
         ({"module": "modules/allow_small.wat", "fuel": 0}, "/policies/0/parameters/fuel"),
         ({"module": "modules/allow_small.wat", "memory_mb": 1000}, "/policies/0/parameters/memory_mb"),
+        ({"module": "modules/allow_small.wat", "fuel": MAX_FUEL + 1}, "/policies/0/parameters/fuel"),
+        ({"module": "modules/allow_small.wat", "deadline_ms": 0}, "/policies/0/parameters/deadline_ms"),
+        ({"module": "modules/allow_small.wat", "deadline_ms": 501}, "/policies/0/parameters/deadline_ms"),
+        ({"module": "modules/allow_small.wat", "deadline_ms": "50"}, "/policies/0/parameters/deadline_ms"),
+        ({"module": "modules/allow_small.wat", "deadline_ms": True}, "/policies/0/parameters/deadline_ms"),
         ({"module": "modules/allow_small.wat", "source": "x"}, "/policies/0/parameters/source"),
     ],
 )
@@ -117,6 +122,37 @@ def test_bad_wasm_policy_parameters_name_their_path(tmp_path: Path, parameters: 
     with pytest.raises(AtlasError) as err:
         Engine.from_atlas(package, modules=load_policy_module)
     assert err.value.path == path
+
+
+@pytest.mark.parametrize(("parameters", "deadline_ms"), [({}, DEFAULT_DEADLINE_MS), ({"deadline_ms": 20}, 20)])
+def test_a_module_that_runs_past_its_deadline_denies_and_says_so(
+    tmp_path: Path, parameters: dict[str, Any], deadline_ms: int
+) -> None:
+    """Issue #12, finding 4: with the most fuel a policy may set, slow.wat would run for seconds."""
+    package = _guarded_by(tmp_path, "slow.wat", fuel=MAX_FUEL, **parameters)
+    engine = Engine.from_atlas(package, modules=load_policy_module)
+    decision = _decide(engine, amount=5)
+    assert (decision.effect, decision.policy_id, decision.reason_code) == (
+        Effect.DENY,
+        "refund-module",
+        "module_failure",
+    )
+    assert decision.reason == f"the policy module ran past its deadline of {deadline_ms} ms in evaluate"
+    assert _decide(engine, "order.lookup").effect is Effect.ALLOW
+
+
+def test_a_module_whose_start_function_loops_is_refused_at_load(tmp_path: Path) -> None:
+    package = _guarded_by(tmp_path, "slow.wat", fuel=MAX_FUEL)
+    module = package / "modules" / "slow.wat"
+    spin = "(module (func $spin (loop $l (drop (memory.grow (i32.const 0))) (br $l))) (start $spin)"
+    module.write_text(module.read_text().replace("(module", spin, 1))
+    with pytest.raises(PolicyError) as err:
+        Engine.from_atlas(package, modules=load_policy_module)
+    assert err.value.path == "/policies/0/parameters/module"
+    assert err.value.reason == (
+        "modules/slow.wat: the module cannot be instantiated: "
+        f"the policy module ran past its deadline of {DEFAULT_DEADLINE_MS} ms in its start function"
+    )
 
 
 def test_the_digest_covers_the_module_bytes(tmp_path: Path) -> None:

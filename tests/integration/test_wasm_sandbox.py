@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from cra.runtime.code import CodeRun, Limits
 from cra.sandbox import WasmSandbox, artifacts
+from cra.sandbox.virtual import WALL_CLOCK_BASE_S
 
 WORLD = """
 import datetime, json, os, random, secrets, time, uuid
@@ -192,3 +195,46 @@ def test_a_tampered_artifact_is_never_loaded_but_rebuilt(
     monkeypatch.setattr(artifacts, "_componentize_executor", build_instead)
     with pytest.raises(_BuildStarted):
         WasmSandbox(cache).prepare()
+
+
+def test_every_timestamp_the_code_can_see_is_virtual(wasm_sandbox: WasmSandbox) -> None:
+    """Issue #12, finding 9: a file the code wrote carried the host's real modification time,
+    so two runs of the same code and seed printed different things."""
+    code = (
+        "import os, pathlib, time\n"
+        "open('x', 'w').write('1')\n"
+        "with open('x') as f:\n    fd_times = os.fstat(f.fileno())\n"
+        "seen = [os.stat('x').st_mtime, os.lstat('x').st_atime_ns, fd_times.st_ctime,\n"
+        "        pathlib.Path('x').stat().st_mtime, os.path.getmtime('x'),\n"
+        "        [entry.stat().st_mtime for entry in os.scandir('.')], os.stat('.').st_mtime]\n"
+        "print(time.time(), seen)\n"
+    )
+    first, second = (wasm_sandbox.run(CodeRun(code, seed=3)) for _ in range(2))
+    assert first.ok, first.stderr
+    assert first.stdout == second.stdout
+    clock, seen = first.stdout.decode().split(" ", 1)
+    base = float(WALL_CLOCK_BASE_S)
+    assert seen.strip() == repr([base, WALL_CLOCK_BASE_S * 10**9, base, base, base, [base], base])
+    assert base <= float(clock) < base + 60
+
+
+def test_a_background_start_says_it_is_warming_until_ready_and_logs_it(
+    wasm_sandbox: WasmSandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue #12, finding 11: ``cra serve`` prepared the sandbox silently, and held calls meanwhile.
+    (The steps of a cold build are logged through the same progress calls that
+    ``tests/e2e/test_sandbox_cli.py`` sees on the terminal.)"""
+    caplog.set_level(logging.INFO, logger="cra.sandbox.wasm")
+    sandbox = WasmSandbox()  # the cache ``wasm_sandbox`` built: this start only loads
+    sandbox.prepare_in_background()
+    assert sandbox.warming() is not None  # from the moment the start begins
+    sandbox.prepare_in_background()  # a second start does nothing
+    deadline = time.monotonic() + 120
+    while sandbox.warming() is not None:
+        assert time.monotonic() < deadline, "the background start never finished"
+        time.sleep(0.01)
+    messages = [record.getMessage() for record in caplog.records if record.name == "cra.sandbox.wasm"]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("preparing the WebAssembly sandbox")
+    assert messages[1].startswith("the WebAssembly sandbox is ready: loaded in ")
+    assert sandbox.run(CodeRun("print(6 * 7)")).stdout == b"42\n"

@@ -218,7 +218,8 @@ def ledger_export(
     ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Export a session's events with inclusion proofs, attestations and the checkpoint."""
+    """Export a whole session: its events with inclusion proofs, its attestations, the checkpoint,
+    and the log's signed statement of the session at that checkpoint."""
     with _ledger(data_dir, as_json=False) as ledger:
         text = json.dumps(ledger.export(session_id, since=since).to_dict(), ensure_ascii=False, indent=2) + "\n"
     if out is None:
@@ -300,8 +301,9 @@ def verify(
     as_json: JsonFlag = False,
 ) -> None:
     """Verify offline, with only verifier keys: a bundle (signed checkpoint, every event
-    included, every hash chain, every attestation, consistency with --previous), or one
-    tlog-proof of one entry. Exit 0 only when everything verifies."""
+    included, every hash chain, each session whole as the log's signed statement counts
+    it, every attestation the log made, consistency with --previous), or one tlog-proof
+    of one entry. Exit 0 only when everything verifies."""
     verifiers = _verifiers(key, as_json=as_json)
     if proof is not None:
         if bundle is not None or entry is None:
@@ -340,6 +342,22 @@ def verify(
     typer.secho(f"verified: {report.events} events of {len(report.sessions)} session(s)", fg="green")
     typer.echo(f"  checkpoint  {cp.origin} size {cp.size}, signed by a trusted key")
     typer.echo("  inclusion   every event is in the log; every hash chain is intact")
-    typer.echo(f"  attestations {len(report.attestations)} verified")
+    for s in report.sessions:
+        span = f"sequences 0-{s.events - 1} ({s.events} events, log indexes {s.first_index}-{s.last_index})"
+        if s.ended:
+            typer.echo(f"  session     {s.session_id}: complete and ended: {span}")
+        else:
+            typer.echo(
+                f"  session     {s.session_id}: complete up to tree size {cp.size}, still open there: {span}; "
+                "the log's signed statement says it held no later event of the session"
+            )
+    typer.echo(f"  attestations {len(report.attestations)} verified: every decision the log attested is here")
+    for s in report.sessions:
+        if s.unattested_decisions:
+            typer.secho(
+                f"  unattested  {s.session_id}: {len(s.unattested_decisions)} decision event(s) the log sealed "
+                f"without an attestation (a trace appended from a file, say): {', '.join(s.unattested_decisions)}",
+                fg="yellow",
+            )
     if report.previous is not None:
         typer.echo(f"  consistency the log extends the previous checkpoint (size {report.previous.size})")

@@ -95,8 +95,10 @@ def sandbox_run(
         fail(f"{option.get(exc.path, exc.path)}: {exc.reason}", as_json=as_json)
     from cra.sandbox import WasmSandbox
 
+    sandbox = WasmSandbox(cache_dir)
     try:
-        result = WasmSandbox(cache_dir).run(request)
+        sandbox.prepare(progress=lambda step: typer.echo(step, err=True))  # a cold cache builds, with progress shown
+        result = sandbox.run(request)
     except SandboxError as exc:
         fail(exc, as_json=as_json)
     if out is not None:

@@ -66,6 +66,15 @@ def serve(
             "--executor-queue", min=0, max=100_000, help="Calls that may wait for an executor thread (503 past that)."
         ),
     ] = 32,
+    call_lease: Annotated[
+        float,
+        typer.Option(
+            "--call-lease",
+            min=1.0,
+            max=3600.0,
+            help="Seconds a running call's lease lasts; a call whose process stopped is recorded as failed after it.",
+        ),
+    ] = 30.0,
     demo: Annotated[
         bool, typer.Option("--demo/--no-demo", help="Load the example atlases into tenant 'default' if it has none.")
     ] = True,
@@ -154,6 +163,7 @@ def serve(
             seal_in_background=background,
             executor_threads=executor_threads,
             executor_queue=executor_queue,
+            call_lease_seconds=call_lease,
         )
         try:
             token = await ensure_admin_key(booted.state)
@@ -201,6 +211,7 @@ def serve(
         seal_in_background=background,
         executor_threads=executor_threads,
         executor_queue=executor_queue,
+        call_lease_seconds=call_lease,
     )
     typer.echo(f"CRA serving http://{host}:{port} with {workers} workers (data dir {root})", err=True)
     uvicorn.run(
@@ -212,7 +223,14 @@ def serve(
         log_config=logging_config,
         log_level=log_level.lower(),
         access_log=False,
+        timeout_worker_healthcheck=_WORKER_START_SECONDS,
     )
+
+
+#: How long uvicorn's supervisor waits for a worker to answer its health check. A new worker
+#: imports the whole service before it can answer, which takes seconds on a loaded machine;
+#: uvicorn's 5 s default killed every replacement of a dead worker under load.
+_WORKER_START_SECONDS = 60
 
 
 def _jwt_settings(

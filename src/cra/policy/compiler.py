@@ -26,7 +26,18 @@ from cra.policy.conditions import (
     tri_name,
 )
 from cra.policy.decision import ApprovalRequirement, Charge, Decision, Effect, EvalRequest, Step
-from cra.policy.modules import ModuleEvaluator, ModuleLimits, ModuleLoader, module_request
+from cra.policy.modules import (
+    DEFAULT_DEADLINE_MS,
+    DEFAULT_FUEL,
+    DEFAULT_MEMORY_MB,
+    MAX_DEADLINE_MS,
+    MAX_FUEL,
+    MAX_MEMORY_MB,
+    ModuleEvaluator,
+    ModuleLimits,
+    ModuleLoader,
+    module_request,
+)
 from cra.protocol.atlas import RISK_TIERS, ActionSpec, Atlas
 
 __all__ = ["PHASES", "CompiledPolicy", "Rule", "compile_atlas"]
@@ -43,12 +54,14 @@ _ALLOWED_PARAMETERS: Final = {
     "require_approval": {"reason", "approver_roles", "ticket_ttl_seconds"},
     "rate_limit": {"reason", "max_calls", "window_seconds", "scope"},
     "budget": {"reason", "param", "limit", "window_seconds", "scope"},
-    "wasm": {"reason", "module", "fuel", "memory_mb"},
+    "wasm": {"reason", "module", "fuel", "memory_mb", "deadline_ms"},
 }
 #: The phase each policy type is evaluated in: a wasm policy may only deny.
 _PHASE_OF: Final = {**{p: p for p in PHASES}, "wasm": "deny"}
-_MODULE_FUEL: Final = (1_000_000, 1_000_000_000)  # default and most
-_MODULE_MEMORY_MB: Final = (16, 256)
+# The limits of a wasm policy's module calls, (default, most): see cra.policy.modules.
+_MODULE_FUEL: Final = (DEFAULT_FUEL, MAX_FUEL)
+_MODULE_MEMORY_MB: Final = (DEFAULT_MEMORY_MB, MAX_MEMORY_MB)
+_MODULE_DEADLINE_MS: Final = (DEFAULT_DEADLINE_MS, MAX_DEADLINE_MS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,8 +490,12 @@ def _load_module(atlas: Atlas, p: Mapping[str, Any], at: str, modules: ModuleLoa
     if not _positive_int(memory_mb) or memory_mb > _MODULE_MEMORY_MB[1]:
         reason = f"must be an integer from 1 to {_MODULE_MEMORY_MB[1]}"
         raise PolicyError(f"{at}/parameters/memory_mb", reason, source=source)
+    deadline_ms = p.get("deadline_ms", _MODULE_DEADLINE_MS[0])
+    if not _positive_int(deadline_ms) or deadline_ms > _MODULE_DEADLINE_MS[1]:
+        reason = f"must be an integer from 1 to {_MODULE_DEADLINE_MS[1]} (milliseconds)"
+        raise PolicyError(f"{at}/parameters/deadline_ms", reason, source=source)
     try:
-        return modules(atlas.modules[p["module"]], ModuleLimits(fuel, memory_mb * 1024 * 1024))
+        return modules(atlas.modules[p["module"]], ModuleLimits(fuel, memory_mb * 1024 * 1024, deadline_ms))
     except PolicyError as exc:
         raise PolicyError(f"{at}/parameters/module", f"{p['module']}: {exc.reason}", source=source) from None
 

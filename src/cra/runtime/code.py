@@ -22,6 +22,7 @@ from cra.runtime.execution import Reported
 __all__ = [
     "CEILING",
     "CODE_EXECUTE",
+    "MAX_DEPTH",
     "REASONS",
     "CodeExecutor",
     "CodeResult",
@@ -35,7 +36,11 @@ __all__ = [
 CODE_EXECUTE = "code.execute"
 
 #: How a run can end. ``ok`` is the only success; ``exit_code`` is a non-zero exit.
-REASONS = ("ok", "exit_code", "timeout", "out_of_fuel", "memory", "trap")
+#: ``disk`` is a run that passed its scratch bounds (``disk_bytes``, ``disk_entries`` or :data:`MAX_DEPTH`).
+REASONS = ("ok", "exit_code", "timeout", "out_of_fuel", "memory", "trap", "disk")
+
+#: How deep directories may nest in a run's scratch directory, its inputs included.
+MAX_DEPTH = 64
 
 _MB = 1024 * 1024
 
@@ -56,6 +61,11 @@ class Limits:
     files_bytes: int = 16 * _MB
     #: Virtual seconds the code may sleep in all. Sleeping takes no real time.
     sleep_s: float = 60.0
+    #: Bytes of scratch disk the run may use, inputs included (a file counts at the larger of
+    #: its size and the blocks it holds).
+    disk_bytes: int = 64 * _MB
+    #: Files, directories and links the scratch directory may hold, inputs included.
+    disk_entries: int = 10_000
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -73,7 +83,7 @@ class Limits:
                 )
         merged = (base or cls()).to_json() | value
         for name, raw in merged.items():
-            integral = name in ("memory_mb", "fuel", "output_bytes", "files_bytes")
+            integral = name in _INTEGRAL
             if isinstance(raw, bool) or not isinstance(raw, int if integral else (int, float)):
                 kind = "an integer" if integral else "a number"
                 raise ValidationError(json_pointer([*_parts(path), name]), f"must be {kind}")
@@ -85,7 +95,7 @@ class Limits:
         """Raise :class:`ValidationError` unless every limit is within :data:`CEILING`'s range."""
         for f in fields(self):
             value = getattr(self, f.name)
-            low = 0 if f.name in ("output_bytes", "files_bytes", "sleep_s") else _FLOOR[f.name]
+            low = _FLOOR.get(f.name, 0)
             high = getattr(CEILING, f.name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
                 raise ValidationError(json_pointer([*_parts(path), f.name]), f"must be between {low} and {high}")
@@ -95,6 +105,7 @@ class Limits:
 
 
 _FLOOR = {"timeout_s": 0.001, "memory_mb": 1, "fuel": 1}
+_INTEGRAL = frozenset({"memory_mb", "fuel", "output_bytes", "files_bytes", "disk_bytes", "disk_entries"})
 
 #: The largest limits any run may ask for (a host may set lower ones).
 CEILING = Limits(
@@ -104,6 +115,8 @@ CEILING = Limits(
     output_bytes=64 * _MB,
     files_bytes=256 * _MB,
     sleep_s=86_400.0,
+    disk_bytes=4096 * _MB,
+    disk_entries=1_000_000,
 )
 
 
@@ -123,14 +136,24 @@ def check_file_path(name: object, path: str) -> str:
     return name
 
 
-def _check_tree(filename: str, files: Mapping[str, bytes]) -> None:
-    """Refuse a name that would be both a file and a directory of other files (``a`` beside ``a/b``)."""
+def _check_tree(filename: str, files: Mapping[str, bytes], limits: Limits) -> None:
+    """Refuse a name that would be both a file and a directory of other files (``a`` beside ``a/b``),
+    and inputs that alone pass the run's scratch bounds."""
     paths = {name: json_pointer(["files", name]) for name in files}
     paths.setdefault(filename, "/filename")
+    deep = sorted(name for name in paths if name.count("/") >= MAX_DEPTH)
+    if deep:
+        raise ValidationError(paths[deep[0]], f"is nested deeper than {MAX_DEPTH} directories")
     directories = {name.rsplit("/", i)[0] for name in paths for i in range(1, name.count("/") + 1)}
     clash = sorted(paths.keys() & directories)
     if clash:
         raise ValidationError(paths[clash[0]], f"{clash[0]!r} cannot be a file: other files are inside it")
+    entries = len(files) + len(directories)
+    if entries > limits.disk_entries:
+        raise ValidationError("/files", f"the input files make {entries} entries, over disk_entries")
+    size = sum(len(data) for data in files.values())
+    if size > limits.disk_bytes:
+        raise ValidationError("/files", f"the input files hold {size} bytes, over disk_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +174,8 @@ class CodeRun:
         check_file_path(self.filename, "/filename")
         for name in self.files:
             check_file_path(name, json_pointer(["files", name]))
-        _check_tree(self.filename, self.files)
         self.limits.check("/limits")
+        _check_tree(self.filename, self.files, self.limits)
 
     @property
     def code_sha256(self) -> str:
@@ -213,6 +236,10 @@ class Sandbox(Protocol):
 
     def run(self, request: CodeRun) -> CodeResult: ...
 
+    def warming(self) -> str | None:
+        """Why a run cannot start now (the sandbox is still being prepared), or None when it can."""
+        ...
+
 
 class CodeExecutor:
     """The executor of ``code.execute``: its arguments are a :class:`CodeRun` in JSON.
@@ -267,6 +294,10 @@ class CodeExecutor:
             limits=limits,
             filename=arguments.get("filename", "main.py"),
         )
+
+    def warming(self) -> str | None:
+        """Why no call can start now (:meth:`Sandbox.warming`), or None."""
+        return self._sandbox.warming()
 
     def __call__(self, arguments: dict[str, Any]) -> Reported:
         run = self.request(arguments)

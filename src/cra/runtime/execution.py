@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from cra.errors import ValidationError
 from cra.protocol.canonical import canonical_json, sha256_hex
@@ -15,11 +15,20 @@ from cra.runtime.loaded import LoadedAtlas
 from cra.runtime.ports import Clock
 from cra.trace.event import format_timestamp
 
-__all__ = ["Executor", "Outcome", "Reported", "ResponseBuilder", "invoke"]
+__all__ = ["Executor", "Outcome", "Reported", "ResponseBuilder", "Warming", "invoke"]
 
 #: A host function that performs an action: it takes the call's arguments.
 #: It returns the result, or a :class:`Reported` result with facts for the trace.
 Executor = Callable[[dict[str, Any]], Any]
+
+
+@runtime_checkable
+class Warming(Protocol):
+    """An executor that can need time before it takes calls (the sandbox's first build). A host
+    refuses a call while :meth:`warming` gives a reason, before anything of the call is recorded."""
+
+    def warming(self) -> str | None: ...
+
 
 #: Keys of the ``action.executed`` and ``action.failed`` payloads that facts may not replace.
 _PAYLOAD_KEYS = frozenset(
@@ -95,7 +104,10 @@ def invoke(executor: Executor, arguments_json: str, loaded: LoadedAtlas, action_
 
 
 def _describe(exc: BaseException) -> str:
-    """``Type: message`` of an exception, even one whose ``str()`` fails."""
+    """``Type: message`` of an exception, even one whose ``str()`` fails. An operating system
+    error is told by its reason alone: the file names it carries are the host's business."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"[:1000]
     try:
         text = str(exc)
     except Exception:  # noqa: BLE001 - a broken __str__ must not hide the failure it reports

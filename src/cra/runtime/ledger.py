@@ -18,9 +18,9 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cra.errors import LedgerConflict, LedgerError, NotFoundError, ProofError
+from cra.errors import LedgerConflict, LedgerError, NotFoundError, ProofError, TraceError
 from cra.ledger.attestation import Attestation
-from cra.ledger.bundle import Bundle, BundleEntry, ConsistencyProof
+from cra.ledger.bundle import Bundle, BundleEntry, ConsistencyProof, SessionStatement
 from cra.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from cra.ledger.merkle import CompactRange, Plan, assemble, consistency_plan, inclusion_plan, leaf_hash
 from cra.ledger.note import NoteSigner, NoteVerifier
@@ -29,7 +29,7 @@ from cra.runtime.clock import SystemClock
 from cra.runtime.ports import Clock, KeySource, LedgerEntry, LedgerStore, StoredAttestation
 from cra.runtime.records import AttestationClaim
 from cra.trace.event import TraceEvent
-from cra.trace.jsonl import dumps_event
+from cra.trace.jsonl import dumps_event, loads_trace
 
 __all__ = ["AuditLedger", "AuditReport", "Evidence", "entry_of"]
 
@@ -321,21 +321,57 @@ class AuditLedger:
         return [a.note for a in self._store.attestations(session_id)]
 
     def export(self, session_id: str, *, since: int | None = None) -> Bundle:
-        """A session's events with their inclusion proofs, attestations and checkpoint;
-        with ``since``, also a consistency proof from that tree size."""
+        """Every event of a session the log holds below its newest checkpoint, with their
+        inclusion proofs, the session's attestations, the checkpoint, and the log's signed
+        statement of the session at that checkpoint (how many events, the last one, whether
+        it ended, which decisions were attested); with ``since``, also a consistency proof
+        from that tree size."""
         with self._lock:
-            indexes = self._store.session(session_id)
-            if not indexes:
+            logged = self._store.session(session_id)
+            if not logged:
                 raise NotFoundError("session in the ledger", session_id)
-            checkpoint, note = self._covering(max(indexes))
+            checkpoint, note = self._covering(max(logged))
+            # Read again under the checkpoint: another writer may have logged more of the
+            # session meanwhile, and the entries below a signed size never change.
+            indexes = [i for i in self._store.session(session_id) if i < checkpoint.size]
             entries = []
             for index in indexes:
                 entry = self._store.entries(index, index + 1)[0]
                 entries.append(BundleEntry(index, entry.data, self._inclusion(index, checkpoint.size)))
+            stored = [a for a in self._store.attestations(session_id) if a.log_index < checkpoint.size]
+            statement = self._statement(checkpoint, session_id, entries, stored)
             consistency = (
                 () if since is None or since == checkpoint.size else (self.consistency(since, checkpoint.size),)
             )
-            return Bundle(note, tuple(entries), tuple(self.attestations(session_id)), consistency)
+            return Bundle(note, (statement,), tuple(entries), tuple(a.note for a in stored), consistency)
+
+    def _statement(
+        self,
+        checkpoint: Checkpoint,
+        session_id: str,
+        entries: Sequence[BundleEntry],
+        attestations: Sequence[StoredAttestation],
+    ) -> str:
+        """The log's signed statement of what it held of a session below ``checkpoint``."""
+        last = entries[-1]
+        try:
+            (event,) = loads_trace(last.entry.decode("utf-8"))
+        except (TraceError, UnicodeDecodeError, ValueError) as exc:
+            raise LedgerError(f"the log's entry at index {last.index} is not one TRACE event") from exc
+        statement = SessionStatement(
+            origin=self.origin,
+            tree_size=checkpoint.size,
+            root=checkpoint.root,
+            session_id=session_id,
+            events=len(entries),
+            last_index=last.index,
+            last_event_id=event.event_id,
+            last_event_hash=event.event_hash,
+            ended=event.event_type == "session.ended",
+            attestations=tuple(sorted({a.attestation_id for a in attestations})),
+        )
+        self._reload_keys()
+        return statement.sign(self._signers)
 
     # -- audit ----------------------------------------------------------------
 

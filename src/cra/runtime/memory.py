@@ -16,7 +16,7 @@ from cra.errors import LedgerConflict
 from cra.policy.decision import Charge, LimitBreach
 from cra.runtime.approvals import Approval
 from cra.runtime.ports import LedgerEntry, StoredAttestation
-from cra.runtime.records import IdempotentCall, ResolutionRecord, Session
+from cra.runtime.records import IdempotentCall, ResolutionRecord, RunningCall, Session
 from cra.trace.event import TraceEvent
 
 __all__ = [
@@ -164,6 +164,7 @@ class MemorySessions:
         self._sessions: dict[str, Session] = {}
         self._request_ids: dict[str, set[str]] = {}
         self._idempotent: dict[tuple[str, str], IdempotentCall] = {}
+        self._running: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def get(self, session_id: str) -> Session | None:
@@ -198,6 +199,20 @@ class MemorySessions:
         with self._lock:
             record = self._idempotent[(session_id, key)]
             self._idempotent[(session_id, key)] = replace(record, response=response)
+
+    def start_call(self, call: RunningCall) -> None:
+        with self._lock:
+            self._running.setdefault(call.session_id, set()).add(call.execution_id)
+
+    def finish_call(self, session_id: str, execution_id: str) -> None:
+        with self._lock:
+            running = self._running.get(session_id, set())
+            running.discard(execution_id)
+            if not running:
+                self._running.pop(session_id, None)
+
+    def running_calls(self, session_id: str) -> int:
+        return len(self._running.get(session_id, ()))
 
 
 class MemoryResolutions:

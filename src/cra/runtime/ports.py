@@ -6,7 +6,7 @@ clock and id modules) for tests and embedded use; adapters supply the rest.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         DecisionRecord,
         IdempotentCall,
         ResolutionRecord,
+        RunningCall,
         Session,
         SnapshotKeys,
     )
@@ -124,6 +125,18 @@ class SessionStore(Protocol):
 
     def release_idempotency_key(self, session_id: str, key: str) -> None:
         """Forget a reservation whose call ended before running (denied, or waiting for approval)."""
+        ...
+
+    def start_call(self, call: RunningCall) -> None:
+        """Record that a call's executor is about to run. It counts as running until :meth:`finish_call`."""
+        ...
+
+    def finish_call(self, session_id: str, execution_id: str) -> None:
+        """Record that a running call's outcome is recorded."""
+        ...
+
+    def running_calls(self, session_id: str) -> int:
+        """How many of the session's calls are running, in this process or any other."""
         ...
 
 
@@ -262,9 +275,20 @@ class StateStore(Protocol):
     reads and commits. Commits are atomic and raise :class:`~cra.errors.ConflictError`
     when they lose a race; reads are confined to one tenant."""
 
+    #: How long a running call's lease lasts unless its process renews it.
+    call_lease_seconds: float
+
     async def snapshot(self, keys: SnapshotKeys) -> Snapshot: ...
 
     async def commit(self, changes: Changes) -> None: ...
+
+    async def renew_calls(self, execution_ids: Collection[str]) -> int:
+        """Extend the leases of these calls, which this process runs; returns how many it holds."""
+        ...
+
+    async def take_over_lost_calls(self, limit: int = 100) -> list[tuple[str, RunningCall]]:
+        """Lease to this process the running calls whose owner's lease ran out, with their tenants."""
+        ...
 
     async def unsealed(self, limit: int = 10_000) -> list[tuple[int, LedgerEntry, AttestationClaim | None]]:
         """Committed events not yet sealed into the ledger, in insertion order, as ledger entries

@@ -17,6 +17,7 @@ __all__ = [
     "DecisionRecord",
     "IdempotentCall",
     "ResolutionRecord",
+    "RunningCall",
     "Session",
     "SnapshotKeys",
 ]
@@ -60,6 +61,17 @@ class ResolutionRecord:
     risk_tier: str | None
     context: Mapping[str, Any]
     document: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RunningCall:
+    """A call whose executor was authorised to run and whose outcome is not recorded yet."""
+
+    session_id: str
+    execution_id: str
+    action_id: str
+    started_at: datetime
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

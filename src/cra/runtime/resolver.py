@@ -66,7 +66,7 @@ from cra.runtime.ports import (
     TraceSink,
 )
 from cra.runtime.recorder import SpanRecorder
-from cra.runtime.records import AttestationClaim, IdempotentCall, ResolutionRecord, Session
+from cra.runtime.records import AttestationClaim, IdempotentCall, ResolutionRecord, RunningCall, Session
 from cra.trace.chain import verify_chain
 from cra.trace.event import TraceEvent, format_timestamp
 from cra.trace.jsonl import copy_event
@@ -132,7 +132,6 @@ class Resolver:
         self._loaded: dict[str, LoadedAtlas] = {}
         self._plans: dict[tuple[Any, ...], ResolvePlan] = {}
         self._executors: dict[str, Executor] = {}
-        self._inflight: dict[str, int] = {}  # session id -> calls whose executor is running
         self._lock = threading.RLock()
 
     # -- atlases and executors -------------------------------------------------
@@ -267,7 +266,7 @@ class Resolver:
             raise ProtocolError("/reason", "must be completed, timeout, error or cancelled")
         with self._sealing():
             session = self._active(session_id)
-            if self._inflight.get(session_id):
+            if self._sessions.running_calls(session_id):
                 raise SessionError(f"session {session_id} still has calls running; end it when they are done")
             now = self._clock.now()
             executed = sum(e.event_type == "action.executed" for e in self._events.events(session_id))
@@ -588,8 +587,28 @@ class Resolver:
                 return stopped
             assert executor is not None
             assert loaded is not None
-            self._inflight[session.session_id] = self._inflight.get(session.session_id, 0) + 1
+            self._sessions.start_call(RunningCall(session.session_id, call.execution_id, ex.action_id, now, key))
             return PendingCall(call, executor, loaded, self._clock)
+
+    def abandon_call(self, call: RunningCall, reason: str) -> None:
+        """Record a running call whose process stopped before it reported an outcome as failed
+        (``executor_lost``), and release its idempotency key so that the caller may try again."""
+        with self._sealing():
+            session = self.get_session(call.session_id)
+            now = self._clock.now()
+            self._span(session, now).emit(
+                "action.failed",
+                {
+                    "action_id": call.action_id,
+                    "execution_id": call.execution_id,
+                    "error_code": "executor_lost",
+                    "error_message": reason,
+                    "duration_ms": max(0, int((now - call.started_at) / timedelta(milliseconds=1))),
+                },
+            )
+            if call.idempotency_key is not None:
+                self._sessions.release_idempotency_key(call.session_id, call.idempotency_key)
+            self._sessions.finish_call(call.session_id, call.execution_id)
 
     def finish_execute(self, pending: PendingCall, outcome: Outcome) -> dict[str, Any]:
         """Record the outcome of a call :meth:`begin_execute` authorised, and answer with it."""
@@ -659,11 +678,7 @@ class Resolver:
         """Record an executor's outcome (with the lock held) and answer with it."""
         ex = call.execution
         sid = call.session.session_id
-        running = self._inflight.get(sid, 1) - 1
-        if running > 0:
-            self._inflight[sid] = running
-        else:
-            self._inflight.pop(sid, None)
+        self._sessions.finish_call(sid, call.execution_id)
         call.span.stamp = format_timestamp(self._clock.now())
         if outcome.error_code is not None:
             call.span.emit(
@@ -1137,6 +1152,10 @@ class PendingCall:
     @property
     def action_id(self) -> str:
         return self.call.execution.action_id
+
+    @property
+    def execution_id(self) -> str:
+        return self.call.execution_id
 
     def run(self) -> Outcome:
         """Run the executor on the call's own copy of the arguments (it may block; no lock is held)."""

@@ -6,7 +6,9 @@ in the :class:`~cra.runtime.ports.StateStore`. An operation:
 
 1. loads a :class:`~cra.runtime.workspace.Snapshot` of what it may touch;
 2. runs the resolver's operation against it, synchronously (no await can
-   interleave another operation on the same workspace);
+   interleave another operation on the same workspace). For a tenant whose
+   atlases have ``wasm`` policies it runs in a module thread, in the tenant's
+   turn, so a slow module never holds the event loop;
 3. commits the changes in one transaction, and only then answers. A commit
    that lost a race with another writer is thrown away and the operation runs
    again on a new snapshot;
@@ -26,11 +28,13 @@ import binascii
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final, TypeVar
 
 from cra.errors import (
@@ -41,6 +45,7 @@ from cra.errors import (
     NotFoundError,
     Overloaded,
     ProtocolError,
+    SandboxBuilding,
     UnavailableError,
     json_pointer,
 )
@@ -52,14 +57,22 @@ from cra.protocol.carp import CarpRequest, parse_carp_request
 from cra.runtime.approvals import Approval, ApprovalTicket
 from cra.runtime.clock import SystemClock
 from cra.runtime.engine import Engine
-from cra.runtime.execution import Executor, Outcome
+from cra.runtime.execution import Executor, Outcome, Warming
 from cra.runtime.ids import SystemIds
 from cra.runtime.ledger import AuditLedger
 from cra.runtime.memory import MemoryCounters
 from cra.runtime.ports import AtlasDigests, Clock, CounterStore, IdSource, Signer, StateStore
-from cra.runtime.records import AtlasRecord, AttestationClaim, DecisionQuery, DecisionRecord, Session, SnapshotKeys
+from cra.runtime.records import (
+    AtlasRecord,
+    AttestationClaim,
+    DecisionQuery,
+    DecisionRecord,
+    RunningCall,
+    Session,
+    SnapshotKeys,
+)
 from cra.runtime.resolver import PendingCall, Resolver
-from cra.runtime.workspace import Changes, Workspace
+from cra.runtime.workspace import Changes, Snapshot, Workspace
 from cra.trace.chain import ChainReport, check_chain
 from cra.trace.event import TraceEvent, format_timestamp
 
@@ -69,6 +82,14 @@ _log = logging.getLogger("cra.service")
 _T = TypeVar("_T")
 #: How often an operation that lost a race is run again before the caller gets a conflict.
 _RETRIES: Final = 16
+#: Why a call whose process stopped was recorded as failed.
+_LOST_CALL: Final = "the process running this call stopped before it reported an outcome (its lease ran out)"
+#: Seconds a client is told to wait while an executor is still being prepared.
+_WARMING_RETRY_S: Final = 10
+#: Threads that run the work of atlases with WebAssembly policy modules, off the event loop.
+_MODULE_THREADS: Final = 4
+#: The charges one attempt consumed, each with the time it was consumed at.
+_Consumed = list[tuple[tuple[Charge, ...], float]]
 
 
 def package_of(manifest: Mapping[str, Any], files: Mapping[str, str | bytes] | None = None) -> dict[str, bytes]:
@@ -101,11 +122,13 @@ def _decode_package(source: str) -> dict[str, bytes]:
 
 class _Counters:
     """The service's counters: they remember what the current attempt consumed, so that an
-    attempt whose commit lost a race (and is run again) gives its charges back."""
+    attempt whose commit lost a race (and is run again) gives its charges back.
+
+    Each thread remembers its own attempt's: the event loop's, and each module thread's."""
 
     def __init__(self, inner: CounterStore) -> None:
         self.inner = inner
-        self._taken: list[tuple[tuple[Charge, ...], float]] = []
+        self._local = threading.local()
 
     def check(self, charges: Sequence[Charge], now: float) -> LimitBreach | None:
         return self.inner.check(charges, now)
@@ -113,15 +136,19 @@ class _Counters:
     def consume(self, charges: Sequence[Charge], now: float) -> LimitBreach | None:
         breach = self.inner.consume(charges, now)
         if breach is None and charges:
-            self._taken.append((tuple(charges), now))
+            taken: _Consumed | None = getattr(self._local, "taken", None)
+            if taken is None:
+                taken = self._local.taken = []
+            taken.append((tuple(charges), now))
         return breach
 
     def release(self, charges: Sequence[Charge], now: float) -> None:
         self.inner.release(charges, now)
 
-    def take(self) -> list[tuple[tuple[Charge, ...], float]]:
-        """What was consumed since the last take (call it right after the attempt, before any await)."""
-        taken, self._taken = self._taken, []
+    def take(self) -> _Consumed:
+        """What this thread consumed since its last take (call it right after the attempt, in its thread)."""
+        taken: _Consumed = getattr(self._local, "taken", None) or []
+        self._local.taken = []
         return taken
 
     def give_back(self, taken: Sequence[tuple[tuple[Charge, ...], float]]) -> None:
@@ -146,6 +173,10 @@ class _Tenant:
     workspace: Workspace
     digests: dict[str, str]
     engines: dict[str, Engine] = field(default_factory=dict)
+    #: The loaded atlases with wasm policies. While there is one, the tenant's operations run on
+    #: the module threads, one at a time (``module_turn``), never on the event loop.
+    module_atlases: frozenset[str] = frozenset()
+    module_turn: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class GovernanceService:
@@ -184,7 +215,13 @@ class GovernanceService:
         Executors run on ``executor_threads`` threads of their own, so slow or stuck tools never
         take the threads that sealing and ledger reads use. At most ``executor_queue`` more calls
         wait for one; past that, a call to an action with an executor is refused before anything
-        is recorded (:class:`~cra.errors.Overloaded`, a 503 with ``Retry-After``)."""
+        is recorded (:class:`~cra.errors.Overloaded`, a 503 with ``Retry-After``).
+
+        A module call of a ``wasm`` policy may take up to its deadline, and loading one runs its
+        start function. So the work of a tenant whose atlases have ``wasm`` policies (its
+        operations, evaluations, and compiling its atlases) runs on a few threads of its own, one
+        piece of a tenant's work at a time, and the event loop stays free for every other request.
+        Atlases without modules are decided on the event loop, in microseconds."""
         if executor_threads < 1 or executor_queue < 0:
             raise ValueError("executor_threads must be at least 1 and executor_queue at least 0")
         self.state = state
@@ -197,6 +234,7 @@ class GovernanceService:
         self._executor_pool = ThreadPoolExecutor(max_workers=executor_threads, thread_name_prefix="cra-executor")
         self._executor_capacity = executor_threads + executor_queue
         self._executor_calls = 0  # admitted calls whose executor runs or waits for a thread (this event loop's)
+        self._module_pool = ThreadPoolExecutor(max_workers=_MODULE_THREADS, thread_name_prefix="cra-modules")
         self._modules = modules
         self._ttl = resolution_ttl_seconds
         self._skew = max_clock_skew_seconds
@@ -212,18 +250,56 @@ class GovernanceService:
         self._seal_wanted = asyncio.Event()
         self._checkpoint_wanted = False
         self._sealer: asyncio.Task[None] | None = None
+        self._tender: asyncio.Task[None] | None = None
+        self._calls_here: set[str] = set()  # execution ids of the calls this process runs, leased to it
 
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        """Seal whatever an earlier process committed but did not seal (if the ledger can now)."""
+        """Seal whatever an earlier process committed but did not seal (if the ledger can now), record
+        the calls of processes that stopped as failed, and keep this process's calls leased."""
         try:
             await self.seal_pending()
         except LedgerError:
             _log.exception("the ledger cannot seal the committed events yet; they stay marked unsealed")
+        await self.recover_lost_calls()
+        if self._tender is None:
+            self._tender = asyncio.get_running_loop().create_task(self._tend_calls(), name="cra-call-leases")
+
+    async def recover_lost_calls(self) -> int:
+        """Record every call whose process stopped before it reported an outcome (its lease ran out) as
+        failed with ``executor_lost``, and release its idempotency key. Returns how many."""
+        recorded = 0
+        for tenant_id, call in await self.state.take_over_lost_calls():
+            keys = SnapshotKeys(tenant_id, call.session_id)
+            try:
+                await self._operate(keys, partial(_abandon, call=call))
+            except CRAError:
+                _log.exception("a lost call could not be recorded as failed; it is tried again later")
+                continue
+            recorded += 1
+        if recorded:
+            _log.warning("recorded %d calls of a stopped process as failed (executor_lost)", recorded)
+        return recorded
+
+    async def _tend_calls(self) -> None:
+        """Renew this process's call leases, and take over lost ones, three times per lease."""
+        while True:
+            await asyncio.sleep(self.state.call_lease_seconds / 3)
+            try:
+                await self.state.renew_calls(set(self._calls_here))
+                await self.recover_lost_calls()
+            except Exception:  # noqa: BLE001 - the database failing must not end the leases' upkeep
+                _log.exception("the leases of running calls could not be renewed; retried")
 
     async def close(self) -> None:
+        if self._tender is not None:
+            self._tender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tender
+            self._tender = None
         self._executor_pool.shutdown(wait=False, cancel_futures=True)
+        self._module_pool.shutdown(wait=False, cancel_futures=True)
         if self._sealer is not None:
             self._sealer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -285,11 +361,19 @@ class GovernanceService:
         if digests != tenant.digests:
             records = {r.atlas_id: r for r in await self.state.atlases(tenant_id)}
             fresh = self._new_tenant(tenant_id)
+            stored: list[Atlas] = []
             for atlas_id in sorted(records):
                 try:
-                    fresh.resolver.load_atlas(parse_package(_decode_package(records[atlas_id].source)))
+                    stored.append(parse_package(_decode_package(records[atlas_id].source)))
                 except CRAError:
                     _log.exception("stored atlas %s of tenant %s no longer loads; it is left out", atlas_id, tenant_id)
+            if any(map(_uses_modules, stored)):
+                # Compiling instantiates the modules: each start function runs, for up to its deadline.
+                await asyncio.get_running_loop().run_in_executor(
+                    self._module_pool, _load_stored, fresh, tenant_id, stored
+                )
+            else:
+                _load_stored(fresh, tenant_id, stored)
             # What the store holds, loadable or not, so that a broken atlas is not recompiled on every call.
             fresh.digests = {a: r.digest for a, r in records.items()}
             self._digest_cache[tenant_id] = (self._monotonic() + self._atlas_refresh, dict(fresh.digests))
@@ -310,10 +394,18 @@ class GovernanceService:
             raise ConflictError(f"atlas {atlas.atlas_id!r} is already loaded")
         # The full load (policies, context, parameter schemas, action ownership) on a scratch resolver.
         trial = self._new_tenant(tenant_id).resolver
-        for other in tenant.resolver.atlases:
-            if other.atlas_id != atlas.atlas_id:
+        others = [other for other in tenant.resolver.atlases if other.atlas_id != atlas.atlas_id]
+
+        def compile_all() -> None:
+            for other in others:
                 trial.load_atlas(other)
-        trial.load_atlas(atlas)
+            trial.load_atlas(atlas)
+
+        if _uses_modules(atlas) or any(map(_uses_modules, others)):
+            # Off the event loop: compiling instantiates the modules, and each start function runs.
+            await asyncio.get_running_loop().run_in_executor(self._module_pool, compile_all)
+        else:
+            compile_all()
         record = AtlasRecord(
             tenant_id=tenant_id,
             atlas_id=atlas.atlas_id,
@@ -384,22 +476,11 @@ class GovernanceService:
         for _ in range(_RETRIES):
             tenant = await self._tenant(keys.tenant_id)
             snapshot = await self.state.snapshot(keys)
-            tenant.workspace.load(snapshot)
-            failure: CRAError | None = None
-            try:
-                result = op(tenant.resolver)
-            except CRAError as exc:
-                if isinstance(exc, UnavailableError):  # a dependency could not answer: nothing is kept
-                    tenant.workspace.take()
-                    self._counters.give_back(self._counters.take())
-                    raise
-                failure = exc  # refused: its error.occurred event is committed all the same
-            except BaseException:
-                tenant.workspace.take()
-                self._counters.give_back(self._counters.take())
-                raise
-            changes = tenant.workspace.take()
-            consumed = self._counters.take()
+            if tenant.module_atlases:  # a module call may take up to its deadline: off the event loop
+                attempt = partial(self._attempt, tenant, snapshot, op)
+                outcome, changes, consumed = await self._off_loop(tenant, attempt, self._abandoned_attempt)
+            else:
+                outcome, changes, consumed = self._attempt(tenant, snapshot, op)
             # Once begun, a commit finishes even if the request is cancelled (a timeout, a client
             # gone): whether it was kept must not depend on when the cancellation arrived.
             committing = asyncio.ensure_future(self.state.commit(changes))
@@ -416,14 +497,61 @@ class GovernanceService:
                 self._counters.give_back(consumed)
                 raise
             await self._seal(changes)
-            if failure is not None:
-                raise failure
-            return result
+            if isinstance(outcome, CRAError):
+                raise outcome
+            return outcome
         raise ConflictError("the operation kept losing races with other writers; try again")
 
-    def _committed_after_cancel(
-        self, consumed: list[tuple[tuple[Charge, ...], float]]
-    ) -> Callable[[asyncio.Future[None]], None]:
+    def _attempt(
+        self, tenant: _Tenant, snapshot: Snapshot, op: Callable[[Resolver], _T]
+    ) -> tuple[_T | CRAError, Changes, _Consumed]:
+        """Run ``op`` once on ``snapshot``, all in one thread (no await can interleave another operation
+        on the tenant's workspace): what it answered, or the refusal it raised, whose error.occurred
+        event is committed all the same; what it wrote; what it consumed."""
+        tenant.workspace.load(snapshot)
+        outcome: _T | CRAError
+        try:
+            outcome = op(tenant.resolver)
+        except CRAError as exc:
+            if isinstance(exc, UnavailableError):  # a dependency could not answer: nothing is kept
+                tenant.workspace.take()
+                self._counters.give_back(self._counters.take())
+                raise
+            outcome = exc
+        except BaseException:
+            tenant.workspace.take()
+            self._counters.give_back(self._counters.take())
+            raise
+        return outcome, tenant.workspace.take(), self._counters.take()
+
+    def _abandoned_attempt(self, attempt: tuple[object, Changes, _Consumed]) -> None:
+        """An attempt whose caller went away before it ended: nothing of it is committed, so its charges go back."""
+        self._counters.give_back(attempt[2])
+
+    async def _off_loop(
+        self, tenant: _Tenant, work: Callable[[], _T], abandoned: Callable[[_T], None] | None = None
+    ) -> _T:
+        """Run ``work`` on the module threads, in the tenant's turn: one piece of a tenant's module work
+        at a time, so one tenant holds at most one of the threads, and the event loop stays free.
+
+        A caller that is cancelled does not stop ``work``, which has the tenant's workspace until it
+        ends: the turn is held until then, and ``abandoned`` gets what ``work`` returned."""
+        turn = tenant.module_turn
+        await turn.acquire()
+        try:
+            running = asyncio.get_running_loop().run_in_executor(self._module_pool, work)
+        except BaseException:
+            turn.release()
+            raise
+        running.add_done_callback(lambda _: turn.release())
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            if abandoned is not None:
+                running.add_done_callback(partial(_hand_over, abandoned))
+            raise
+
+    def _committed_after_cancel(self, consumed: _Consumed) -> Callable[[asyncio.Future[None]], None]:
         """What to do when a commit whose request was cancelled ends: give back if it was not kept."""
 
         def done(commit: asyncio.Future[None]) -> None:
@@ -559,7 +687,10 @@ class GovernanceService:
             request_id=req.request_id,
             idempotency_key=req.execution.idempotency_key,
         )
-        admitted = req.execution.action_id in self._executors
+        executor: object = self._executors.get(req.execution.action_id)
+        admitted = executor is not None
+        if isinstance(executor, Warming) and (why := executor.warming()) is not None:
+            raise SandboxBuilding(f"{why}; nothing of this call was recorded", retry_after=_WARMING_RETRY_S)
         if admitted:
             if self._executor_calls >= self._executor_capacity:
                 raise Overloaded(
@@ -578,17 +709,23 @@ class GovernanceService:
             self._executor_calls -= admitted
             return started
         finish = SnapshotKeys(tenant_id, req.session_id, idempotency_key=req.execution.idempotency_key)
+        self._calls_here.add(started.execution_id)
 
         async def run_and_record() -> dict[str, Any]:
             try:
-                outcome = await asyncio.get_running_loop().run_in_executor(self._executor_pool, started.run)
-            except BaseException as exc:
-                aborted = Outcome(0, error_code="executor_aborted", error_message=type(exc).__name__)
-                await self._operate(finish, lambda r: r.finish_execute(started, aborted))
-                raise
+                try:
+                    outcome = await asyncio.get_running_loop().run_in_executor(self._executor_pool, started.run)
+                except BaseException as exc:
+                    aborted = Outcome(0, error_code="executor_aborted", error_message=type(exc).__name__)
+                    await self._operate(finish, lambda r: r.finish_execute(started, aborted))
+                    raise
+                finally:
+                    self._executor_calls -= admitted
+                return await self._operate(finish, lambda r: r.finish_execute(started, outcome))
             finally:
-                self._executor_calls -= admitted
-            return await self._operate(finish, lambda r: r.finish_execute(started, outcome))
+                # Recorded or not, this process no longer runs the call: a call whose outcome could
+                # not be recorded is no longer renewed, and is recorded as lost when its lease runs out.
+                self._calls_here.discard(started.execution_id)
 
         task = asyncio.ensure_future(run_and_record())
         self._running.add(task)
@@ -656,14 +793,27 @@ class GovernanceService:
         if not atlases:
             raise NotFoundError("atlas", "(none is loaded)")
         atlas = next((a for a in atlases if a.action(action) is not None), atlases[0])
+        if atlas.atlas_id in tenant.module_atlases:
+            # Off the event loop: a module call may take up to its deadline, and building the
+            # engine instantiates the modules.
+            def decide() -> Decision:
+                engine = self._engine(tenant, tenant_id, atlas)
+                return engine.evaluate(action, agent, roles, risk_tier, params, context, dry_run=True)
+
+            return atlas, await self._off_loop(tenant, decide)
+        engine = self._engine(tenant, tenant_id, atlas)
+        decision = engine.evaluate(action, agent, roles, risk_tier, params, context, dry_run=True)
+        return atlas, decision
+
+    def _engine(self, tenant: _Tenant, tenant_id: str, atlas: Atlas) -> Engine:
+        """The engine that evaluates for ``atlas``, built on first use."""
         engine = tenant.engines.get(atlas.atlas_id)
         if engine is None:
             engine = Engine(
                 atlas, counters=self._counters, clock=self._clock, tenant_id=tenant_id, modules=self._modules
             )
             tenant.engines[atlas.atlas_id] = engine
-        decision = engine.evaluate(action, agent, roles, risk_tier, params, context, dry_run=True)
-        return atlas, decision
+        return engine
 
     async def attach_evidence(
         self,
@@ -719,6 +869,27 @@ class GovernanceService:
         return check_chain(await self.trace(tenant_id, session_id))
 
 
+def _uses_modules(atlas: Atlas) -> bool:
+    """Whether deciding for the atlas calls WebAssembly modules (it has a ``wasm`` policy)."""
+    return any(policy.type == "wasm" for policy in atlas.policies)
+
+
+def _load_stored(tenant: _Tenant, tenant_id: str, atlases: Sequence[Atlas]) -> None:
+    """Compile a tenant's stored atlases into its resolver, leaving out (and logging) any that no longer load."""
+    for atlas in atlases:
+        try:
+            tenant.resolver.load_atlas(atlas)
+        except CRAError:
+            _log.exception("stored atlas %s of tenant %s no longer loads; it is left out", atlas.atlas_id, tenant_id)
+    tenant.module_atlases = frozenset(a.atlas_id for a in tenant.resolver.atlases if _uses_modules(a))
+
+
+def _hand_over(abandoned: Callable[[_T], None], done: asyncio.Future[_T]) -> None:
+    """Give ``abandoned`` what work nobody waited for returned (nothing if it failed or never ran)."""
+    if not done.cancelled() and done.exception() is None:
+        abandoned(done.result())
+
+
 def _fits_the_store(atlas: Atlas) -> None:
     """Ids the store keeps in columns must fit them (PostgreSQL refuses longer values)."""
     if len(atlas.atlas_id) > 255:
@@ -734,3 +905,7 @@ def _fits_the_store(atlas: Atlas) -> None:
 
 def _carp(request: Mapping[str, Any]) -> CarpRequest:
     return parse_carp_request(request)
+
+
+def _abandon(r: Resolver, *, call: RunningCall) -> None:
+    r.abandon_call(call, _LOST_CALL)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cra.runtime.approvals import Approval
-from cra.runtime.records import AttestationClaim, IdempotentCall, ResolutionRecord, Session
+from cra.runtime.records import AttestationClaim, IdempotentCall, ResolutionRecord, RunningCall, Session
 from cra.trace.event import TraceEvent
 
 __all__ = ["Changes", "Snapshot", "Workspace"]
@@ -41,6 +41,8 @@ class Snapshot:
     #: (session id, request id) pairs already used.
     request_ids: set[tuple[str, str]] = field(default_factory=set)
     idempotency: dict[tuple[str, str], IdempotentCall] = field(default_factory=dict)
+    #: The execution ids of each session's running calls, for the operations that read them (ending a session).
+    running: dict[str, set[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -58,6 +60,9 @@ class Changes:
     idempotency_new: dict[tuple[str, str], IdempotentCall] = field(default_factory=dict)
     idempotency_done: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
     idempotency_released: set[tuple[str, str]] = field(default_factory=set)
+    #: Calls whose executor is about to run, by execution id; and the execution ids of calls that finished.
+    calls_started: dict[str, RunningCall] = field(default_factory=dict)
+    calls_finished: set[str] = field(default_factory=set)
     #: Attestation claims on this operation's events, by event id.
     claims: dict[str, AttestationClaim] = field(default_factory=dict)
     #: Whether the operation asked for a signed checkpoint (a session ended).
@@ -74,6 +79,8 @@ class Changes:
             or self.idempotency_new
             or self.idempotency_done
             or self.idempotency_released
+            or self.calls_started
+            or self.calls_finished
         )
 
 
@@ -163,6 +170,24 @@ class _Sessions:
         snap.idempotency.pop(pair, None)
         if changes.idempotency_new.pop(pair, None) is None:
             changes.idempotency_released.add(pair)
+
+    def start_call(self, call: RunningCall) -> None:
+        self._ws.changes.calls_started[call.execution_id] = call
+        running = self._ws.snap.running.get(call.session_id)
+        if running is not None:
+            running.add(call.execution_id)
+
+    def finish_call(self, session_id: str, execution_id: str) -> None:
+        changes = self._ws.changes
+        if changes.calls_started.pop(execution_id, None) is None:
+            changes.calls_finished.add(execution_id)
+        self._ws.snap.running.get(session_id, set()).discard(execution_id)
+
+    def running_calls(self, session_id: str) -> int:
+        running = self._ws.snap.running.get(session_id)
+        if running is None:
+            raise LookupError(f"the running calls of session {session_id} were not loaded for this operation")
+        return len(running)
 
 
 class _Events:

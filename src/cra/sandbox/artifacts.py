@@ -162,12 +162,19 @@ def built_artifact(cache_dir: Path, engine_settings: str) -> Path | None:
     return _verified(directory, key)
 
 
-def ensure_artifact(cache_dir: Path, engine_settings: str, compile_component: Callable[[Path], bytes]) -> Artifact:
+def ensure_artifact(
+    cache_dir: Path,
+    engine_settings: str,
+    compile_component: Callable[[Path], bytes],
+    progress: Callable[[str], None] | None = None,
+) -> Artifact:
     """The compiled component for these engine settings, built and compiled now if the cache lacks it.
 
     ``compile_component(wasm_path) -> bytes`` compiles a component with the
-    caller's engine and returns its serialised form.
+    caller's engine and returns its serialised form. ``progress`` is told, in
+    words, each step a build takes.
     """
+    tell = progress or (lambda _: None)
     key = artifact_key(engine_settings)
     root = _private_dir(_private_dir(cache_dir) / "sandbox")
     directory = _private_dir(root / key)
@@ -181,10 +188,13 @@ def ensure_artifact(cache_dir: Path, engine_settings: str, compile_component: Ca
         with tempfile.TemporaryDirectory(prefix="build-", dir=directory) as work_name:
             work = Path(work_name)
             started = time.perf_counter()
+            tell("building the sandbox: compiling CPython and the guest into a WebAssembly component (step 1 of 2)")
             wasm = _componentize_executor(work)
             built = time.perf_counter()
+            tell(f"building the sandbox: step 1 took {built - started:.1f} s; compiling to native code (step 2 of 2)")
             compiled_bytes = compile_component(wasm)
             compiled = time.perf_counter()
+            tell(f"building the sandbox: step 2 took {compiled - built:.1f} s")
             staged = work / "executor.cwasm"
             staged.write_bytes(compiled_bytes)
             os.replace(staged, directory / "executor.cwasm")

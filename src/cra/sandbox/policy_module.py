@@ -14,19 +14,31 @@ is valid Unicode text. Pointers are pointers: ``alloc`` returning 0 is a failed 
 
 Everything fails closed. A call that traps, runs out of fuel, returns a pointer or length outside
 its memory, answers too much (more than :data:`MAX_ANSWER_BYTES`), answers anything but that
-object, or exhausts its memory cap, ends as a deny whose :attr:`ModuleVerdict.failure` names what
-went wrong (``trap``, ``out_of_fuel``, ``bad_pointer``, ``too_large``, ``bad_json``, ``bad_shape``,
-``memory``) and whose reason explains it. Requests above :data:`MAX_REQUEST_BYTES` are denied
-(``request_too_large``) without calling the module, and if a module that loaded once could not be
-instantiated again after a failure, its calls are denied (``unavailable``).
+object, exhausts its memory cap, or runs past its deadline, ends as a deny whose
+:attr:`ModuleVerdict.failure` names what went wrong (``trap``, ``out_of_fuel``, ``deadline``,
+``bad_pointer``, ``too_large``, ``bad_json``, ``bad_shape``, ``memory``) and whose reason explains
+it. Requests above :data:`MAX_REQUEST_BYTES` are denied (``request_too_large``) without calling the
+module, and if a module that loaded once could not be instantiated again after a failure, its calls
+are denied (``unavailable``). A ``deadline`` failure is the one outcome that depends on the machine
+and its load rather than on the module and the request alone; its ``fuel_used`` is what wasmtime had
+accounted when it stopped the call, which may be less than was burnt.
 
-Limits. Every :meth:`PolicyModule.evaluate` starts with the same fuel budget (``alloc`` and
-``evaluate`` share it), so fuel alone bounds its time, and no epoch deadline is needed. Linear
-memory is capped by the store's limiter; past the cap ``memory.grow`` returns -1, and a failure
-once the memory has grown to its cap is reported as ``memory``. The engine disables threads (no
-shared memories), multiple memories, GC, function references, exceptions and stack switching,
-and canonicalises NaNs, so that the same module and request give the same answer and the same
-fuel on every machine.
+Limits. Every :meth:`PolicyModule.evaluate` starts with the same fuel budget and the same
+wall-clock deadline (``alloc`` and ``evaluate`` share both), and so does every instantiation (a
+start function runs under them too). Fuel is deterministic, but its cost in time is not bounded:
+one unit is one cheap instruction here and a slow one there. The deadline is the hard bound. It is
+epoch interruption: the engine is built with ``epoch_interruption``, each call sets its store's
+deadline to ``deadline_ms`` in ticks of :data:`TICK_MS` after the current epoch (rounded up, plus
+one, since the next tick may come at once), and a ticker thread advances the epoch every tick
+while at least one call or instantiation is under way, and sleeps otherwise. A call is never
+stopped before its deadline. It is stopped within about a tick after it on an idle machine, and
+somewhat later on a busy one, where the ticker wakes late: ticks it missed are not made up for,
+so that a pause of the calling thread that holds the GIL (a garbage collection, say) costs a call
+at most one tick (see :class:`_Ticker`). Linear memory is capped by the store's limiter; past the
+cap ``memory.grow`` returns -1, and a failure once the memory has grown to its cap is reported as
+``memory``. The engine disables threads (no shared memories), multiple memories, GC, function
+references, exceptions and stack switching, and canonicalises NaNs, so that the same module and
+request give the same answer and the same fuel on every machine.
 
 State. The instance lives from one call to the next (instantiating costs ~0.3 ms, a call a few
 microseconds), so a module that keeps state between calls may answer differently over time; the
@@ -51,7 +63,8 @@ asks for that path explicitly; both give identical verdicts and fuel.
 
 Threads. A wasmtime ``Store`` must not be used from two threads at once, so each
 :class:`PolicyModule` serialises its calls with a lock. Load one module per thread for parallel
-evaluation.
+evaluation. wasmtime-py's ctypes calls release the GIL while WebAssembly runs, so a host that
+calls modules from worker threads (the service does) keeps its event loop free.
 """
 
 from __future__ import annotations
@@ -59,7 +72,9 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import os
 import threading
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Final
@@ -68,15 +83,24 @@ import wasmtime
 from wasmtime import _bindings as _raw
 
 from cra.errors import PolicyError
-from cra.policy.modules import ModuleAnswer, ModuleEvaluator, ModuleLimits
+from cra.policy.modules import (
+    DEFAULT_DEADLINE_MS,
+    DEFAULT_FUEL,
+    DEFAULT_MEMORY_MB,
+    ModuleAnswer,
+    ModuleEvaluator,
+    ModuleLimits,
+)
 from cra.sandbox._traps import trap_causes
 
-__all__ = ["MAX_ANSWER_BYTES", "MAX_REQUEST_BYTES", "ModuleVerdict", "PolicyModule", "load_policy_module"]
+__all__ = ["MAX_ANSWER_BYTES", "MAX_REQUEST_BYTES", "TICK_MS", "ModuleVerdict", "PolicyModule", "load_policy_module"]
 
 #: Requests longer than this are denied without calling the module.
 MAX_REQUEST_BYTES: Final = 1024 * 1024
 #: Answers longer than this are denied (``too_large``).
 MAX_ANSWER_BYTES: Final = 64 * 1024
+#: The epoch advances every this many milliseconds while a module runs: deadlines are whole ticks.
+TICK_MS: Final = 5
 
 _PINNED_WASMTIME: Final = "50.0.1"
 _FAST_PATH_AVAILABLE: Final = metadata.version("wasmtime") == _PINNED_WASMTIME
@@ -92,6 +116,7 @@ _CACHE_ENTRIES: Final = 1024
 # The raw ctypes functions behind wasmtime-py's wrappers (private, pinned API).
 _call_unchecked = _raw._wasmtime_func_call_unchecked
 _set_fuel = _raw._wasmtime_context_set_fuel
+_set_deadline = _raw._wasmtime_context_set_epoch_deadline
 _get_fuel = _raw._wasmtime_context_get_fuel
 _memory_size = _raw._wasmtime_memory_data_size
 _memory_data = _raw._wasmtime_memory_data
@@ -124,6 +149,7 @@ def _shared_engine() -> wasmtime.Engine:
         if _engine is None:
             config = wasmtime.Config()
             config.consume_fuel = True
+            config.epoch_interruption = True  # every store sets its deadline before it runs anything
             config.cranelift_nan_canonicalization = True
             config.wasm_relaxed_simd_deterministic = True
             config.memory_may_move = False  # the fast path keeps a view of each memory
@@ -135,6 +161,70 @@ def _shared_engine() -> wasmtime.Engine:
             config.wasm_stack_switching = False
             _engine = wasmtime.Engine(config)
         return _engine
+
+
+class _Ticker:
+    """Advances the shared engine's epoch every :data:`TICK_MS` while a module call or instantiation runs.
+
+    ``enter`` and ``leave`` bracket each of them, at the cost of a lock each. With nothing
+    running, the thread waits on an event and costs nothing; the first ``enter`` wakes it.
+
+    Each tick comes a whole :data:`TICK_MS` after the one before, never sooner: the ticker sleeps
+    that long, then advances the epoch by one. A tick that comes late is not made up for with a
+    burst. The ticker needs the GIL to tick, so while the calling thread holds it (a garbage
+    collection, say, between setting a call's deadline and entering WebAssembly) no ticks pile
+    up to be charged to the call at once; and no time from before a call began can count
+    against it. So a deadline of ``n`` ticks never ends before ``(n - 1) * TICK_MS``; on a busy
+    machine, where the ticker wakes late, it ends a little after.
+    """
+
+    __slots__ = ("_active", "_idle", "_lock", "_thread", "_wake")
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a forked child has no ticker thread
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._active = 0
+        self._idle = False
+        self._thread: threading.Thread | None = None
+
+    def enter(self) -> None:
+        with self._lock:
+            self._active += 1
+            if self._idle:
+                self._idle = False
+                self._wake.set()
+            elif self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="cra-policy-module-epoch", daemon=True)
+                self._thread.start()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def _run(self) -> None:
+        engine = _shared_engine()
+        tick = TICK_MS / 1000
+        while True:
+            with self._lock:
+                idle = self._idle = not self._active
+                if idle:
+                    self._wake.clear()
+            if idle:
+                self._wake.wait()  # enter() sets it, under the lock, once it has seen the ticker idle
+            time.sleep(tick)
+            engine.increment_epoch()
+
+
+_ticker = _Ticker()
+
+
+def _deadline_ticks(deadline_ms: int) -> int:
+    """Epoch ticks from now that leave at least ``deadline_ms``: the next tick may come at once."""
+    return -(-deadline_ms // TICK_MS) + 1
 
 
 # -- messages ------------------------------------------------------------------------------------------------------
@@ -150,9 +240,13 @@ def _compile_message(message: str) -> str:
     return f"{head}: {causes[-1]}" if "Caused by:" in lines and causes else head
 
 
-def _trap_failure(code: wasmtime.TrapCode | None, message: str, where: str, fuel: int) -> tuple[str, str]:
+def _trap_failure(
+    code: wasmtime.TrapCode | None, message: str, where: str, fuel: int, deadline_ms: int
+) -> tuple[str, str]:
     if code is wasmtime.TrapCode.OUT_OF_FUEL:
         return "out_of_fuel", f"the policy module ran out of fuel in {where} (budget {fuel})"
+    if code is wasmtime.TrapCode.INTERRUPT:
+        return "deadline", f"the policy module ran past its deadline of {deadline_ms} ms in {where}"
     causes = trap_causes(message)
     text = causes[-1] if causes else "unknown trap"
     if len(causes) > 1:
@@ -246,13 +340,21 @@ class _Instance:
 
     __slots__ = ("alloc", "evaluate", "initial_size", "memory", "store")
 
-    def __init__(self, engine: wasmtime.Engine, module: wasmtime.Module, fuel: int, memory_bytes: int) -> None:
+    def __init__(
+        self, engine: wasmtime.Engine, module: wasmtime.Module, fuel: int, memory_bytes: int, ticks: int
+    ) -> None:
         store = wasmtime.Store(engine)
         store.set_limits(
             memory_size=memory_bytes, table_elements=_TABLE_ELEMENTS, instances=1, tables=_TABLES, memories=1
         )
-        store.set_fuel(fuel)  # for a start function, if the module has one
-        instance = wasmtime.Instance(store, module, [])
+        # A start function, if the module has one, runs under the same fuel and deadline as a call.
+        store.set_fuel(fuel)
+        _ticker.enter()
+        try:
+            store.set_epoch_deadline(ticks)
+            instance = wasmtime.Instance(store, module, [])
+        finally:
+            _ticker.leave()
         exports = instance.exports(store)
         memory = exports["memory"]
         alloc = exports["alloc"]
@@ -293,8 +395,10 @@ class _FastInstance(_Instance):
         "view",
     )
 
-    def __init__(self, engine: wasmtime.Engine, module: wasmtime.Module, fuel: int, memory_bytes: int) -> None:
-        super().__init__(engine, module, fuel, memory_bytes)
+    def __init__(
+        self, engine: wasmtime.Engine, module: wasmtime.Module, fuel: int, memory_bytes: int, ticks: int
+    ) -> None:
+        super().__init__(engine, module, fuel, memory_bytes, ticks)
         self.ctx = self.store._context()
         self.memory_ref = ctypes.byref(self.memory._memory)
         self.alloc_ref = ctypes.byref(self.alloc._func)
@@ -341,6 +445,7 @@ class PolicyModule:
 
     __slots__ = (
         "_answers",
+        "_deadline_ms",
         "_engine",
         "_fuel",
         "_instance",
@@ -350,6 +455,7 @@ class PolicyModule:
         "_module",
         "_page",
         "_sha256",
+        "_ticks",
     )
 
     def __init__(
@@ -360,6 +466,7 @@ class PolicyModule:
         *,
         fuel: int,
         memory_bytes: int,
+        deadline_ms: int,
         checked: bool,
     ) -> None:
         """Private: use :meth:`load`. Raises what instantiating the module raises."""
@@ -368,8 +475,10 @@ class PolicyModule:
         self._sha256 = sha256
         self._fuel = fuel
         self._memory_bytes = memory_bytes
+        self._deadline_ms = deadline_ms
+        self._ticks = _deadline_ticks(deadline_ms)
         self._instance_class = _Instance if checked or not _FAST_PATH_AVAILABLE else _FastInstance
-        instance = self._instance_class(engine, module, fuel, memory_bytes)
+        instance = self._instance_class(engine, module, fuel, memory_bytes, self._ticks)
         self._instance: _Instance | None = instance
         self._page = instance.memory.page_size(instance.store)
         self._lock = threading.Lock()
@@ -380,14 +489,16 @@ class PolicyModule:
         cls,
         source: bytes | str,
         *,
-        fuel: int = 1_000_000,
-        memory_bytes: int = 16 * 1024 * 1024,
+        fuel: int = DEFAULT_FUEL,
+        memory_bytes: int = DEFAULT_MEMORY_MB * 1024 * 1024,
+        deadline_ms: int = DEFAULT_DEADLINE_MS,
         checked: bool = False,
     ) -> PolicyModule:
         """Compile ``source`` (a wasm binary, or WAT text as ``str`` or ``bytes``) and instantiate it.
 
         ``fuel`` is the budget of every call; ``memory_bytes`` caps the module's linear memory;
-        ``checked`` selects the public-API call path. Raises :class:`~cra.errors.PolicyError`
+        ``deadline_ms`` is the wall-clock deadline of every call and of the instantiation (the
+        start function); ``checked`` selects the public-API call path. Raises :class:`~cra.errors.PolicyError`
         (path ``""``) when the module does not compile, imports anything, lacks an export or
         has one of the wrong type, or cannot be instantiated within its limits.
         """
@@ -395,6 +506,8 @@ class PolicyModule:
             raise ValueError(f"fuel must be a positive integer, not {fuel!r}")
         if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, int) or memory_bytes < 1:
             raise ValueError(f"memory_bytes must be a positive integer, not {memory_bytes!r}")
+        if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int) or deadline_ms < 1:
+            raise ValueError(f"deadline_ms must be a positive integer, not {deadline_ms!r}")
         data = source.encode("utf-8") if isinstance(source, str) else bytes(source)
         engine = _shared_engine()
         try:
@@ -404,9 +517,11 @@ class PolicyModule:
         _check_interface(module, memory_bytes)
         sha256 = hashlib.sha256(data).hexdigest()
         try:
-            return cls(engine, module, sha256, fuel=fuel, memory_bytes=memory_bytes, checked=checked)
+            return cls(
+                engine, module, sha256, fuel=fuel, memory_bytes=memory_bytes, deadline_ms=deadline_ms, checked=checked
+            )
         except wasmtime.Trap as exc:
-            _, reason = _trap_failure(exc.trap_code, exc.message, "its start function", fuel)
+            _, reason = _trap_failure(exc.trap_code, exc.message, "its start function", fuel, deadline_ms)
             raise PolicyError("", f"the module cannot be instantiated: {reason}") from None
         except wasmtime.WasmtimeError as exc:
             raise PolicyError("", f"the module cannot be instantiated: {_compile_message(str(exc))}") from None
@@ -433,9 +548,13 @@ class PolicyModule:
                 inst = self._renew()
                 if inst is None:
                     return ModuleVerdict(False, "the policy module could not be instantiated again", 0, "unavailable")
-            if isinstance(inst, _FastInstance):
-                return self._evaluate_fast(inst, request_json)
-            return self._evaluate_checked(inst, request_json)
+            _ticker.enter()
+            try:
+                if isinstance(inst, _FastInstance):
+                    return self._evaluate_fast(inst, request_json)
+                return self._evaluate_checked(inst, request_json)
+            finally:
+                _ticker.leave()
 
     # -- the two call paths ----------------------------------------------------------------------------------------
 
@@ -445,6 +564,7 @@ class PolicyModule:
         err = _set_fuel(ctx, budget)
         if err:
             raise wasmtime.WasmtimeError._from_ptr(err)
+        _set_deadline(ctx, self._ticks)
         raw = inst.raw
         n = len(request)
         raw[0].i32 = n
@@ -490,10 +610,10 @@ class PolicyModule:
             error = wasmtime.WasmtimeError._from_ptr(err)  # type: ignore[arg-type]
             message = str(error)
             error.close()
-            failure, reason = _trap_failure(None, message, where, self._fuel)
+            failure, reason = _trap_failure(None, message, where, self._fuel, self._deadline_ms)
         else:
             trap = inst.take_trap()
-            failure, reason = _trap_failure(trap.trap_code, trap.message, where, self._fuel)
+            failure, reason = _trap_failure(trap.trap_code, trap.message, where, self._fuel, self._deadline_ms)
             trap.close()
         return self._failed(inst, failure, reason)
 
@@ -502,6 +622,7 @@ class PolicyModule:
         memory = inst.memory
         budget = self._fuel
         store.set_fuel(budget)
+        store.set_epoch_deadline(self._ticks)
         n = len(request)
         try:
             ptr = self._checked_call(inst.alloc, store, "alloc", n) & _U32
@@ -529,9 +650,11 @@ class PolicyModule:
         try:
             result = func(store, *args)
         except wasmtime.Trap as trap:
-            raise _CallFailed(*_trap_failure(trap.trap_code, trap.message, where, self._fuel)) from None
+            raise _CallFailed(
+                *_trap_failure(trap.trap_code, trap.message, where, self._fuel, self._deadline_ms)
+            ) from None
         except wasmtime.WasmtimeError as error:
-            raise _CallFailed(*_trap_failure(None, str(error), where, self._fuel)) from None
+            raise _CallFailed(*_trap_failure(None, str(error), where, self._fuel, self._deadline_ms)) from None
         assert isinstance(result, int)
         return result
 
@@ -564,7 +687,9 @@ class PolicyModule:
     def _renew(self) -> _Instance | None:
         """A fresh instance in a fresh store, or None when the module cannot be instantiated again."""
         try:
-            self._instance = self._instance_class(self._engine, self._module, self._fuel, self._memory_bytes)
+            self._instance = self._instance_class(
+                self._engine, self._module, self._fuel, self._memory_bytes, self._ticks
+            )
         except (wasmtime.WasmtimeError, wasmtime.Trap, PolicyError):
             self._instance = None
         return self._instance
@@ -611,7 +736,9 @@ def _kind(ty: object) -> str:
 
 def load_policy_module(source: bytes, limits: ModuleLimits) -> ModuleEvaluator:
     """The :data:`~cra.policy.modules.ModuleLoader` that CRA's hosts give the engine for ``wasm`` policies."""
-    module = PolicyModule.load(source, fuel=limits.fuel, memory_bytes=limits.memory_bytes)
+    module = PolicyModule.load(
+        source, fuel=limits.fuel, memory_bytes=limits.memory_bytes, deadline_ms=limits.deadline_ms
+    )
 
     def evaluate(request: bytes) -> ModuleAnswer:
         verdict = module.evaluate(request)

@@ -17,6 +17,7 @@ The clocks and randomness WASI offers are replaced by :mod:`cra.sandbox.virtual`
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -29,10 +30,10 @@ import wasmtime
 from wasmtime import component as wc
 
 from cra.errors import SandboxError
-from cra.runtime.code import CodeResult, CodeRun
+from cra.runtime.code import CodeResult, CodeRun, Limits
 from cra.sandbox._traps import trap_causes
 from cra.sandbox.artifacts import Artifact, built_artifact, default_cache_dir, ensure_artifact
-from cra.sandbox.scratch import Scratch
+from cra.sandbox.scratch import Scratch, sweep
 from cra.sandbox.virtual import RunState, StopRun
 
 __all__ = ["WasmSandbox"]
@@ -43,6 +44,7 @@ _MB = 1024 * 1024
 _ENGINE_SETTINGS = "fuel,epoch,nan-canonical,relaxed-simd-deterministic"
 
 _current = threading.local()
+_log = logging.getLogger(__name__)
 
 
 def _engine_config() -> wasmtime.Config:
@@ -55,7 +57,7 @@ def _engine_config() -> wasmtime.Config:
 
 
 class _Ticker:
-    """Advances an engine's epoch every ``tick`` seconds while at least one run is active."""
+    """Advances an engine's epoch every ``tick`` seconds while a run is active, and can end the run at once."""
 
     def __init__(self, engine: wasmtime.Engine, tick: float) -> None:
         self._engine = engine
@@ -78,6 +80,11 @@ class _Ticker:
             with self._cond:
                 self._active -= 1
 
+    def interrupt(self, ticks: int) -> None:
+        """Advance the epoch past a deadline set ``ticks`` ahead: the engine's running code traps now."""
+        for _ in range(ticks + 1):
+            self._engine.increment_epoch()
+
     def _loop(self) -> None:
         while True:
             with self._cond:
@@ -85,6 +92,70 @@ class _Ticker:
                     self._cond.wait()
             time.sleep(self._tick)
             self._engine.increment_epoch()
+
+
+class _Lane:
+    """An engine with the component loaded into it, for one run at a time.
+
+    Each concurrent run has a lane of its own, so that the scratch watchdog can
+    interrupt one run (by advancing its engine's epoch) without touching the others.
+    """
+
+    def __init__(self, artifact: Path, tick: float) -> None:
+        self.engine = wasmtime.Engine(_engine_config())
+        try:
+            self.component = wc.Component.deserialize_file(self.engine, str(artifact))
+        except wasmtime.WasmtimeError as exc:
+            raise SandboxError(f"the compiled sandbox cannot be loaded: {exc}") from None
+        self.linker = wc.Linker(self.engine)
+        self.linker.add_wasip2()
+        self.linker.allow_shadowing = True
+        with self.linker.root() as root:
+            _define_host(root)
+        self.ticker = _Ticker(self.engine, tick)
+
+
+class _Watch:
+    """Measures a run's scratch directory while the run goes on, and ends the run once it passes a bound.
+
+    It measures every ``interval`` seconds, or twice as long as the last measure
+    took if that is longer, so that watching never costs more than a third of a core.
+    """
+
+    def __init__(self, scratch: Scratch, limits: Limits, stop: Callable[[], None], interval: float) -> None:
+        self._scratch = scratch
+        self._limits = limits
+        self._stop_run = stop
+        self._interval = interval
+        self._done = threading.Event()
+        self.excess: str | None = None
+        self._thread = threading.Thread(target=self._loop, name="cra-sandbox-scratch", daemon=True)
+
+    def __enter__(self) -> _Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def check(self) -> str | None:
+        usage = self._scratch.usage(most_bytes=self._limits.disk_bytes, most_entries=self._limits.disk_entries)
+        return usage.excess(most_bytes=self._limits.disk_bytes, most_entries=self._limits.disk_entries)
+
+    def _loop(self) -> None:
+        wait = self._interval
+        while not self._done.wait(wait):
+            started = time.perf_counter()
+            try:
+                excess = self.check()
+            except OSError as exc:
+                excess = f"the scratch directory could not be measured: {exc.strerror or type(exc).__name__}"
+            if excess is not None:
+                self.excess = excess
+                self._stop_run()
+                return
+            wait = max(self._interval, 2 * (time.perf_counter() - started))
 
 
 def _state() -> RunState:
@@ -175,54 +246,93 @@ def _classify(exc: wasmtime.WasmtimeError) -> tuple[str, str]:
 
 
 class WasmSandbox:
-    """The :class:`~cra.runtime.code.Sandbox` port on wasmtime. Thread-safe: runs on several
-    threads at once each get their own store.
+    """The :class:`~cra.runtime.code.Sandbox` port on wasmtime. Thread-safe: each concurrent
+    run gets an engine of its own (a lane, reused by later runs) and its own store.
 
     The component is built on first use (about half a minute, once per cache
     key) into ``cache_dir`` (:func:`~cra.sandbox.artifacts.default_cache_dir`);
     later processes load the compiled artifact in milliseconds.
     """
 
-    def __init__(self, cache_dir: Path | None = None, *, tick_ms: float = 10.0, scratch_parent: Path | None = None):
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        *,
+        tick_ms: float = 10.0,
+        scratch_parent: Path | None = None,
+        watch_ms: float = 20.0,
+    ):
         self._cache_dir = cache_dir or default_cache_dir()
         self._scratch_parent = scratch_parent
-        self._engine = wasmtime.Engine(_engine_config())
         self._tick = tick_ms / 1000
-        self._ticker = _Ticker(self._engine, self._tick)
+        self._watch = watch_ms / 1000
         self._lock = threading.Lock()
-        self._component: wc.Component | None = None
-        self._linker: wc.Linker | None = None
+        self._idle: list[_Lane] = []
+        self._preparing = False
         self.artifact: Artifact | None = None
 
     def built(self) -> bool:
         """Whether the cache already holds this sandbox's compiled component (so :meth:`prepare` only loads)."""
         return built_artifact(self._cache_dir, _ENGINE_SETTINGS) is not None
 
-    def prepare(self) -> Artifact:
-        """Build or load the component now, rather than on the first run."""
+    def prepare(self, progress: Callable[[str], None] | None = None) -> Artifact:
+        """Build or load the component now, rather than on the first run, and remove the scratch
+        directories that runs of dead processes left behind (:func:`~cra.sandbox.scratch.sweep`).
+
+        ``progress`` is told each step of a build, in words."""
         with self._lock:
-            if self._component is None:
-                artifact = ensure_artifact(self._cache_dir, _ENGINE_SETTINGS, self._compile)
-                try:
-                    component = wc.Component.deserialize_file(self._engine, str(artifact.path))
-                except wasmtime.WasmtimeError as exc:
-                    raise SandboxError(f"the compiled sandbox at {artifact.path} cannot be loaded: {exc}") from None
-                linker = wc.Linker(self._engine)
-                linker.add_wasip2()
-                linker.allow_shadowing = True
-                with linker.root() as root:
-                    _define_host(root)
-                self._component, self._linker, self.artifact = component, linker, artifact
-            assert self.artifact is not None
+            if self.artifact is None:
+                artifact = ensure_artifact(self._cache_dir, _ENGINE_SETTINGS, self._compile, progress)
+                self._idle.append(_Lane(artifact.path, self._tick))
+                sweep(self._scratch_parent)
+                self.artifact = artifact
             return self.artifact
 
+    def prepare_in_background(self) -> None:
+        """Start :meth:`prepare` on a thread of its own, logging the build's start, steps and end.
+        Until it is done, :meth:`warming` says so, and a server refuses runs rather than hold them."""
+        with self._lock:
+            if self.artifact is not None or self._preparing:
+                return
+            self._preparing = True
+        threading.Thread(target=self._prepare_logged, name="cra-sandbox-build", daemon=True).start()
+
+    def _prepare_logged(self) -> None:
+        started = time.perf_counter()
+        _log.info("preparing the WebAssembly sandbox (a first build on this machine takes about a minute)")
+        try:
+            artifact = self.prepare(progress=_log.info)
+        except SandboxError:
+            _log.exception("the WebAssembly sandbox cannot be built; code.execute calls will fail until it can")
+        else:
+            verb = "built" if artifact.built else "loaded"
+            _log.info("the WebAssembly sandbox is ready: %s in %.1f s", verb, time.perf_counter() - started)
+        finally:
+            self._preparing = False
+
+    def warming(self) -> str | None:
+        """Why a run cannot start now, while :meth:`prepare_in_background` is still at work; else None."""
+        if self._preparing:
+            return "the sandbox is still being built (about a minute, once per machine); retry shortly"
+        return None
+
     def _compile(self, wasm: Path) -> bytes:
-        return bytes(wc.Component.from_file(self._engine, str(wasm)).serialize())
+        return bytes(wc.Component.from_file(wasmtime.Engine(_engine_config()), str(wasm)).serialize())
+
+    @contextmanager
+    def _lane(self) -> Iterator[_Lane]:
+        artifact = self.prepare()
+        with self._lock:
+            lane = self._idle.pop() if self._idle else None
+        if lane is None:
+            lane = _Lane(artifact.path, self._tick)
+        try:
+            yield lane
+        finally:
+            with self._lock:
+                self._idle.append(lane)
 
     def run(self, request: CodeRun) -> CodeResult:
-        self.prepare()
-        assert self._component is not None
-        assert self._linker is not None
         limits = request.limits
         state = RunState(
             fuel=limits.fuel,
@@ -230,9 +340,16 @@ class WasmSandbox:
             sleep_budget_ns=int(limits.sleep_s * 1e9),
             output_bytes=limits.output_bytes,
         )
-        with Scratch(request.files, self._scratch_parent) as scratch, self._ticker.running():
-            reason, exit_code, message, fuel_left, took = self._execute(request, state, scratch)
-            files, files_left_out = scratch.outputs(limits.files_bytes)
+        ticks = max(1, math.ceil(limits.timeout_s / self._tick))
+        with Scratch(request.files, self._scratch_parent) as scratch:
+            with self._lane() as lane:
+                watch = _Watch(scratch, limits, lambda: lane.ticker.interrupt(ticks), self._watch)
+                with lane.ticker.running(), watch:
+                    reason, exit_code, message, fuel_left, took = self._execute(lane, request, state, scratch, ticks)
+            excess = watch.excess or watch.check()
+            if excess is not None:
+                reason, message = "disk", excess
+            files, files_left_out = scratch.outputs(limits.files_bytes, limits.disk_entries)
         return CodeResult(
             reason=reason,
             exit_code=exit_code,
@@ -247,11 +364,11 @@ class WasmSandbox:
             message=message,
         )
 
-    def _execute(self, request: CodeRun, state: RunState, scratch: Scratch) -> tuple[str, int | None, str, int, float]:
-        assert self._component is not None
-        assert self._linker is not None
+    def _execute(
+        self, lane: _Lane, request: CodeRun, state: RunState, scratch: Scratch, ticks: int
+    ) -> tuple[str, int | None, str, int, float]:
         limits = request.limits
-        store = wasmtime.Store(self._engine)
+        store = wasmtime.Store(lane.engine)
         store.set_fuel(limits.fuel)
         store.set_limits(memory_size=limits.memory_mb * _MB)
         wasi = wasmtime.WasiConfig()
@@ -262,9 +379,9 @@ class WasmSandbox:
         store.set_wasi(wasi)
         _current.state, _current.stop = state, None
         started = time.perf_counter()
-        store.set_epoch_deadline(max(1, math.ceil(limits.timeout_s / self._tick)))
+        store.set_epoch_deadline(ticks)
         try:
-            instance = self._linker.instantiate(store, self._component)
+            instance = lane.linker.instantiate(store, lane.component)
             run = instance.get_func(store, "run")
             if run is None:
                 raise SandboxError("the sandbox component exports no run function")

@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +17,7 @@ import redis.asyncio
 
 import cra
 from cra.cache import RedisAtlasDigests, RedisCounters
-from cra.errors import ConflictError, SandboxError
+from cra.errors import ConflictError
 from cra.runtime.atlas_files import read_package
 from cra.runtime.execution import Executor
 from cra.runtime.ledger import AuditLedger
@@ -34,7 +32,6 @@ from cra.store.state import SqlState
 
 __all__ = ["DEMO_ATLASES", "Booted", "boot", "ensure_admin_key", "load_atlas_dirs"]
 
-_log = logging.getLogger(__name__)
 
 #: The example atlases ``cra serve`` loads into an empty data directory (from a source checkout).
 DEMO_ATLASES = Path(cra.__file__).resolve().parents[2] / "examples" / "atlases"
@@ -71,6 +68,7 @@ async def boot(
     seal_in_background: bool = False,
     executor_threads: int = 8,
     executor_queue: int = 32,
+    call_lease_seconds: float = 30.0,
 ) -> Booted:
     """Open (creating if need be) the data directory's state, ledger and keys.
 
@@ -81,12 +79,16 @@ async def boot(
     machine's first use) in the background. With ``seal_in_background``, operations answer once
     committed and a background task seals them into the ledger in batches (``cra serve`` does this).
     Executors run on ``executor_threads`` threads of their own, with at most ``executor_queue`` calls
-    waiting for one (:class:`~cra.runtime.service.GovernanceService`).
+    waiting for one (:class:`~cra.runtime.service.GovernanceService`). A call whose process stops is
+    recorded as failed by another process (or the next start) once its lease of ``call_lease_seconds``
+    runs out.
     """
     if sandbox:
         executors = {**_sandbox_executors(), **(executors or {})}
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    state = await open_state(database_url or sqlite_url(data_dir / "cra.sqlite3"))
+    state = await open_state(
+        database_url or sqlite_url(data_dir / "cra.sqlite3"), call_lease_seconds=call_lease_seconds
+    )
     try:
         ledger = open_ledger(data_dir, create=True, database_url=database_url)
     except BaseException:
@@ -133,14 +135,7 @@ async def boot(
 
 def _sandbox_executors() -> dict[str, Executor]:
     sandbox = WasmSandbox()
-
-    def warm() -> None:
-        try:
-            sandbox.prepare()
-        except SandboxError:
-            _log.exception("the WebAssembly sandbox cannot be built; code.execute calls will fail until it can")
-
-    threading.Thread(target=warm, name="cra-sandbox-build", daemon=True).start()
+    sandbox.prepare_in_background()
     return {CODE_EXECUTE: CodeExecutor(sandbox)}
 
 

@@ -36,6 +36,7 @@ def worker_config(
     seal_in_background: bool,
     executor_threads: int = 8,
     executor_queue: int = 32,
+    call_lease_seconds: float = 30.0,
 ) -> str:
     return json.dumps(
         {
@@ -46,6 +47,7 @@ def worker_config(
             "seal_in_background": seal_in_background,
             "executor_threads": executor_threads,
             "executor_queue": executor_queue,
+            "call_lease_seconds": call_lease_seconds,
             "settings": asdict(settings),
         }
     )
@@ -73,6 +75,7 @@ def app() -> FastAPI:
             seal_in_background=config["seal_in_background"],
             executor_threads=config["executor_threads"],
             executor_queue=config["executor_queue"],
+            call_lease_seconds=config["call_lease_seconds"],
         )
 
     return serving_app(open_service, settings=settings)

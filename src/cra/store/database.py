@@ -61,9 +61,10 @@ def _engine(url: str) -> AsyncEngine:
     return engine
 
 
-async def open_state(url: str, *, migrate: bool = True) -> SqlState:
-    """The state store at ``url``, its schema migrated to the newest revision."""
+async def open_state(url: str, *, migrate: bool = True, call_lease_seconds: float = 30.0) -> SqlState:
+    """The state store at ``url``, its schema migrated to the newest revision. Calls this process
+    runs are leased for ``call_lease_seconds`` at a time (:class:`~cra.store.state.SqlState`)."""
     if migrate:
         # Alembic's environment runs its own event loop, so it gets a thread of its own.
         await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
-    return SqlState(_engine(url))
+    return SqlState(_engine(url), call_lease_seconds=call_lease_seconds)

@@ -12,7 +12,11 @@ status the operation saw. A commit that loses such a race raises
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+import socket
+import time
+import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +27,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from cra.errors import ConflictError
 from cra.runtime.approvals import Approval
 from cra.runtime.ports import LedgerEntry
-from cra.runtime.records import AtlasRecord, AttestationClaim, DecisionQuery, DecisionRecord, Session, SnapshotKeys
+from cra.runtime.records import (
+    AtlasRecord,
+    AttestationClaim,
+    DecisionQuery,
+    DecisionRecord,
+    RunningCall,
+    Session,
+    SnapshotKeys,
+)
 from cra.runtime.workspace import Changes, Snapshot
 from cra.store import _codec as codec
 from cra.store.tables import (
@@ -34,6 +46,7 @@ from cra.store.tables import (
     IdempotencyRow,
     RequestIdRow,
     ResolutionRow,
+    RunningCallRow,
     SessionRow,
 )
 from cra.trace.event import TraceEvent
@@ -97,8 +110,13 @@ def _key(row: Any) -> ApiKeyRecord:
 class SqlState:
     """Sessions, chains, resolutions, approvals, atlases and API keys in one database."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, call_lease_seconds: float = 30.0) -> None:
         self.engine = engine
+        #: This process's name on the calls it runs: host, process id and a random part, so
+        #: that a restarted process with the same id is another owner.
+        self.owner = f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:16]}"
+        #: How long a running call's lease lasts unless this process renews it.
+        self.call_lease_seconds = call_lease_seconds
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -140,6 +158,11 @@ class SqlState:
                 ).scalar()
                 if tail is not None:
                     snap.tails[sid] = codec.event_from(tail)
+            if keys.whole_chain:
+                running = await conn.execute(
+                    select(RunningCallRow.execution_id).where(RunningCallRow.session_id == sid)
+                )
+                snap.running[sid] = set(running.scalars())
             for arow in await conn.execute(select(ApprovalRow).where(ApprovalRow.session_id == sid)):
                 approval = _approval(arow)
                 snap.approvals[approval.approval_id] = approval
@@ -208,15 +231,15 @@ class SqlState:
                     f"session {session.session_id}",
                 )
         owners = {s.session_id: (s.tenant_id, s.agent_id) for s, _ in changes.sessions.values()}
-        if changes.events:
-            missing = {e.session_id for e in changes.events} - owners.keys()
-            if missing:
-                rows = await conn.execute(
-                    select(SessionRow.session_id, SessionRow.tenant_id, SessionRow.agent_id).where(
-                        SessionRow.session_id.in_(missing)
-                    )
+        needed = {e.session_id for e in changes.events} | {c.session_id for c in changes.calls_started.values()}
+        if needed - owners.keys():
+            rows = await conn.execute(
+                select(SessionRow.session_id, SessionRow.tenant_id, SessionRow.agent_id).where(
+                    SessionRow.session_id.in_(needed - owners.keys())
                 )
-                owners.update({r.session_id: (r.tenant_id, r.agent_id) for r in rows})
+            )
+            owners.update({r.session_id: (r.tenant_id, r.agent_id) for r in rows})
+        if changes.events:
             await conn.execute(
                 insert(EventRow),
                 [
@@ -277,6 +300,34 @@ class SqlState:
             await conn.execute(
                 insert(IdempotencyRow).values(session_id=sid, key=key, data=codec.idempotent_json(record))
             )
+        if changes.calls_started:
+            expires = time.time() + self.call_lease_seconds
+            await conn.execute(
+                insert(RunningCallRow),
+                [
+                    {
+                        "execution_id": call.execution_id,
+                        "tenant_id": owners[call.session_id][0],
+                        "session_id": call.session_id,
+                        "action_id": call.action_id,
+                        "idempotency_key": call.idempotency_key,
+                        "started_at": codec.stamp(call.started_at),
+                        "owner": self.owner,
+                        "expires_at": expires,
+                    }
+                    for call in changes.calls_started.values()
+                ],
+            )
+        for execution_id in changes.calls_finished:
+            # Only the owner records a call's end: a call another process took over as lost
+            # (its lease ran out) keeps the one outcome that process recorded.
+            await _changed(
+                conn,
+                delete(RunningCallRow).where(
+                    RunningCallRow.execution_id == execution_id, RunningCallRow.owner == self.owner
+                ),
+                f"running call {execution_id}",
+            )
         for (sid, key), response in changes.idempotency_done.items():
             data = (
                 await conn.execute(
@@ -292,6 +343,51 @@ class SqlState:
                 .where(IdempotencyRow.session_id == sid, IdempotencyRow.key == key)
                 .values(data=codec.idempotent_json(record))
             )
+
+    # -- running calls ----------------------------------------------------------
+
+    async def renew_calls(self, execution_ids: Collection[str]) -> int:
+        """Extend the leases of these calls, which this process runs; returns how many it holds.
+
+        Only calls the process still runs are renewed: a call whose outcome could not be
+        recorded stops being renewed, and is taken over as lost once its lease runs out."""
+        if not execution_ids:
+            return 0
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(RunningCallRow)
+                .where(RunningCallRow.owner == self.owner, RunningCallRow.execution_id.in_(list(execution_ids)))
+                .values(expires_at=time.time() + self.call_lease_seconds)
+            )
+        return int(done.rowcount or 0)
+
+    async def take_over_lost_calls(self, limit: int = 100) -> list[tuple[str, RunningCall]]:
+        """Calls whose owner's lease ran out (their process stopped), each now leased to this process so
+        that it alone records them; with their tenant."""
+        now = time.time()
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(RunningCallRow)
+                    .where(RunningCallRow.expires_at < now)
+                    .order_by(RunningCallRow.expires_at)
+                    .limit(limit)
+                )
+            ).all()
+        taken = []
+        for row in rows:
+            async with self.engine.begin() as conn:
+                claimed = await conn.execute(
+                    update(RunningCallRow)
+                    .where(RunningCallRow.execution_id == row.execution_id, RunningCallRow.expires_at < now)
+                    .values(owner=self.owner, expires_at=time.time() + self.call_lease_seconds)
+                )
+            if claimed.rowcount == 1:
+                call = RunningCall(
+                    row.session_id, row.execution_id, row.action_id, codec.when(row.started_at), row.idempotency_key
+                )
+                taken.append((row.tenant_id, call))
+        return taken
 
     # -- sealing --------------------------------------------------------------
 

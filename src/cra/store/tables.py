@@ -9,7 +9,7 @@ a test checks that the two agree.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Float, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -151,6 +151,27 @@ class IdempotencyRow(Base):
     session_id: Mapped[str] = mapped_column(ID, primary_key=True)
     key: Mapped[str] = mapped_column(NAME, primary_key=True)
     data: Mapped[str] = mapped_column(Text)
+
+
+class RunningCallRow(Base):
+    """A call whose executor runs in some process, under that process's lease.
+
+    ``owner`` names the process; it renews ``expires_at`` (seconds since the epoch) while
+    the call runs. A row whose lease expired belongs to a process that stopped: another
+    process takes it over and records the call as failed (``executor_lost``).
+    """
+
+    __tablename__ = "running_calls"
+    __table_args__ = (Index("ix_running_calls_expires", "expires_at"),)
+
+    execution_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(NAME)
+    session_id: Mapped[str] = mapped_column(ID, index=True)
+    action_id: Mapped[str] = mapped_column(NAME)
+    idempotency_key: Mapped[str | None] = mapped_column(NAME, nullable=True)
+    started_at: Mapped[str] = mapped_column(STAMP)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    expires_at: Mapped[float] = mapped_column(Float)
 
 
 # -- the audit ledger, when it lives in the service's database (PostgreSQL) ----------------------------------------

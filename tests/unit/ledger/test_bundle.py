@@ -77,10 +77,15 @@ def test_a_session_bundle_verifies_and_round_trips(logged: tuple[AuditLedger, st
     ledger, first, _ = logged
     bundle = ledger.export(first)
     report = verify_bundle(parse_bundle(_dict(bundle)), [KEY.verifier])
-    assert report.sessions == (first,)
+    assert [s.session_id for s in report.sessions] == [first]
     assert report.events == len(bundle.entries) == len(ledger.export(first).entries)
     assert len(report.attestations) == 2  # the resolution and the execute decision
     assert report.to_dict()["tree_size"] == ledger.size
+    (session,) = report.to_dict()["sessions"]
+    assert session["state"] == "ended"
+    assert (session["first_sequence"], session["last_sequence"]) == (0, report.events - 1)
+    assert session["attestations"] == sorted(a.attestation_id for a in report.attestations)
+    assert session["unattested_decisions"] == []
 
 
 @pytest.mark.parametrize(
@@ -166,11 +171,15 @@ def test_the_previous_checkpoint_must_be_extended_not_rolled_back_or_forked() ->
     [
         ([], "/"),
         ({"format": "x"}, "/"),
-        ({"format": "other", "checkpoint": "", "entries": [], "attestations": [], "consistency": []}, "/format"),
+        (
+            {"format": "other", "checkpoint": "", "sessions": [], "entries": [], "attestations": [], "consistency": []},
+            "/format",
+        ),
         (
             {
-                "format": "cra.dev/trace-bundle/v1",
+                "format": "cra.dev/trace-bundle/v2",
                 "checkpoint": 1,
+                "sessions": [],
                 "entries": [],
                 "attestations": [],
                 "consistency": [],
@@ -179,8 +188,9 @@ def test_the_previous_checkpoint_must_be_extended_not_rolled_back_or_forked() ->
         ),
         (
             {
-                "format": "cra.dev/trace-bundle/v1",
+                "format": "cra.dev/trace-bundle/v2",
                 "checkpoint": "",
+                "sessions": [],
                 "entries": [{"index": -1, "entry": "", "proof": []}],
                 "attestations": [],
                 "consistency": [],
@@ -189,8 +199,9 @@ def test_the_previous_checkpoint_must_be_extended_not_rolled_back_or_forked() ->
         ),
         (
             {
-                "format": "cra.dev/trace-bundle/v1",
+                "format": "cra.dev/trace-bundle/v2",
                 "checkpoint": "",
+                "sessions": [],
                 "entries": [{"index": 0, "entry": "", "proof": ["AA=="]}],
                 "attestations": [],
                 "consistency": [],
@@ -199,8 +210,9 @@ def test_the_previous_checkpoint_must_be_extended_not_rolled_back_or_forked() ->
         ),
         (
             {
-                "format": "cra.dev/trace-bundle/v1",
+                "format": "cra.dev/trace-bundle/v2",
                 "checkpoint": "",
+                "sessions": [],
                 "entries": [],
                 "attestations": [3],
                 "consistency": [],
@@ -259,8 +271,9 @@ def test_a_logged_entry_that_is_not_exactly_one_event_is_a_proof_error(
     text = entry(lines)
     checkpoint = sign_checkpoint(Checkpoint(ORIGIN, 1, leaf_hash(text.encode())), [KEY])
     bundle = {
-        "format": "cra.dev/trace-bundle/v1",
+        "format": "cra.dev/trace-bundle/v2",
         "checkpoint": checkpoint,
+        "sessions": [],
         "entries": [{"index": 0, "entry": text, "proof": []}],
         "attestations": [],
         "consistency": [],

@@ -24,6 +24,9 @@ class RecordingSandbox:
         self.requests.append(request)
         return self.result
 
+    def warming(self) -> str | None:
+        return None
+
 
 @pytest.mark.parametrize(
     ("value", "path"),
@@ -148,3 +151,21 @@ def test_defaults_beyond_the_ceiling_are_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="ceiling"):
         CodeExecutor(RecordingSandbox(_result()), defaults=Limits(timeout_s=10), ceiling=Limits(timeout_s=5))
     assert Limits().within(CEILING)
+
+
+@pytest.mark.parametrize(
+    ("files", "limits", "path", "reason"),
+    [
+        ({"/".join(["d"] * 65): b""}, Limits(), "/files/" + "~1".join(["d"] * 65), "nested deeper than 64"),
+        ({f"f{i}": b"" for i in range(11)}, Limits(disk_entries=10), "/files", "11 entries, over disk_entries"),
+        ({"a/b": b"", "a/c": b"", "d": b""}, Limits(disk_entries=3), "/files", "4 entries, over disk_entries"),
+        ({"big": b"x" * 101}, Limits(disk_bytes=100), "/files", "101 bytes, over disk_bytes"),
+    ],
+)
+def test_inputs_that_alone_pass_the_scratch_bounds_are_refused(
+    files: dict[str, bytes], limits: Limits, path: str, reason: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        CodeRun("pass", files=files, limits=limits)
+    assert info.value.path == path
+    assert reason in info.value.reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,10 +24,14 @@ ATLAS = {
 
 
 def _run(result: Any) -> tuple[dict[str, Any], list[Any]]:
+    return _call(lambda args: result)
+
+
+def _call(executor: Callable[[dict[str, Any]], Any]) -> tuple[dict[str, Any], list[Any]]:
     clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
     r = Resolver(clock=clock, ids=SeededIds(1, clock))
     r.load_atlas(ATLAS)
-    r.register_executor("job.run", lambda args: result)
+    r.register_executor("job.run", executor)
     sid = r.create_session("bot", "Run the job")
     n = itertools.count()
 
@@ -65,3 +70,16 @@ def test_facts_that_are_not_json_fail_the_call() -> None:
     assert response["status"] == "error"
     assert response["error"]["code"] == "invalid_result"
     assert not [e for e in trace if e.event_type == "action.executed"]
+
+
+def test_an_executors_os_error_is_told_without_the_hosts_file_names() -> None:
+    """Issue #12, finding 18: executor errors revealed host paths such as the sandbox's scratch directory."""
+
+    def failing(args: dict[str, Any]) -> Any:
+        raise PermissionError(13, "Permission denied", "/var/cra-sandbox-secret/out.txt", None, "/srv/other")
+
+    response, trace = _call(failing)
+    assert response["error"] == {"code": "executor_error", "message": "PermissionError: Permission denied"}
+    (failed,) = [e for e in trace if e.event_type == "action.failed"]
+    assert "/var" not in failed.payload["error_message"]
+    assert "/srv" not in failed.payload["error_message"]

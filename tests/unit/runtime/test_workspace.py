@@ -42,6 +42,8 @@ class DictDatabase:
     idempotency: dict[tuple[str, str], IdempotentCall] = field(default_factory=dict)
     claims: dict[str, Any] = field(default_factory=dict)
     checkpoints: int = 0
+    #: Running calls: execution id to session id.
+    running: dict[str, str] = field(default_factory=dict)
 
     def snapshot(self, keys: SnapshotKeys) -> Snapshot:
         snap = Snapshot()
@@ -54,6 +56,7 @@ class DictDatabase:
             snap.tails[sid] = chain[-1]
         if keys.whole_chain:
             snap.chains[sid] = list(chain)
+            snap.running[sid] = {execution for execution, owner in self.running.items() if owner == sid}
         snap.approvals = {a.approval_id: a for a in self.approvals.values() if a.session_id == sid}
         if keys.resolution_id in self.resolutions and self.resolutions[keys.resolution_id].session_id == sid:
             snap.resolutions[keys.resolution_id] = self.resolutions[keys.resolution_id]
@@ -88,6 +91,11 @@ class DictDatabase:
             self.idempotency[pair] = call
         for pair, response in changes.idempotency_done.items():
             self.idempotency[pair] = replace(self.idempotency[pair], response=response)
+        for execution_id, running in changes.calls_started.items():
+            assert execution_id not in self.running
+            self.running[execution_id] = running.session_id
+        for execution_id in changes.calls_finished:
+            del self.running[execution_id]
         self.claims.update(changes.claims)
         self.checkpoints += changes.checkpoint
 
@@ -242,7 +250,14 @@ def test_changes_record_the_status_each_write_started_from() -> None:
     session, before = created.sessions[sid]
     assert before is None
     assert session.status == "active"
-    ws.load(Snapshot(sessions={sid: session}, tails={sid: created.events[-1]}, chains={sid: list(created.events)}))
+    ws.load(
+        Snapshot(
+            sessions={sid: session},
+            tails={sid: created.events[-1]},
+            chains={sid: list(created.events)},
+            running={sid: set()},
+        )
+    )
     r.end_session(sid)
     ended = ws.take()
     assert ended.sessions[sid][1] == "active"

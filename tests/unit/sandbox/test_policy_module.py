@@ -19,6 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cra.errors import PolicyError
+from cra.policy.modules import DEFAULT_DEADLINE_MS, MAX_FUEL
+from cra.sandbox import policy_module
 from cra.sandbox.policy_module import MAX_ANSWER_BYTES, MAX_REQUEST_BYTES, ModuleVerdict, PolicyModule
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "policy_modules"
@@ -101,8 +103,6 @@ def checked() -> PolicyModule:
 
 def test_the_fast_path_is_the_one_under_test(fast: PolicyModule, checked: PolicyModule) -> None:
     """With the pinned wasmtime, checked=False really takes the unchecked path (else these tests prove less)."""
-    from cra.sandbox import policy_module
-
     assert policy_module._FAST_PATH_AVAILABLE
     assert isinstance(fast._instance, policy_module._FastInstance)
     assert not isinstance(checked._instance, policy_module._FastInstance)
@@ -629,6 +629,96 @@ def test_sha256_is_of_the_bytes_as_given_and_binary_equals_text() -> None:
     assert from_binary.sha256 == hashlib.sha256(binary).hexdigest() != from_text.sha256
     for request in (b'{"amount":3}', b'{"amount":3000}', b'{"action":"refund.small"}'):
         assert from_binary.evaluate(request) == from_text.evaluate(request)
+
+
+# -- the deadline --------------------------------------------------------------------------------------------------
+
+#: The most fuel a wasm policy could set before issue #12 (finding 4): loop.wat took 2.3 s a call with it.
+OLD_MOST_FUEL = 1_000_000_000
+SPIN_AT_START = "(module (func $spin (loop $l (br $l))) (start $spin)"
+GROW_AT_START = "(module (func $spin (loop $l (drop (memory.grow (i32.const 0))) (br $l))) (start $spin)"
+
+
+@BOTH_PATHS
+def test_a_loop_with_the_old_most_fuel_is_stopped_at_its_deadline(checked: bool) -> None:
+    module = load("loop", fuel=OLD_MOST_FUEL, checked=checked)
+    verdict = module.evaluate(b"[1]")
+    assert (verdict.allow, verdict.failure) == (False, "deadline")
+    assert verdict.reason == f"the policy module ran past its deadline of {DEFAULT_DEADLINE_MS} ms in evaluate"
+    assert benign(module.evaluate(b"{}"))  # a fresh instance, as after any failure
+
+
+@BOTH_PATHS
+def test_fuel_does_not_bound_time_and_the_deadline_does(checked: bool) -> None:
+    # slow.wat's loop costs little fuel and much time: the most fuel a policy may set would last seconds.
+    module = load("slow", fuel=MAX_FUEL, deadline_ms=20, checked=checked)
+    verdict = module.evaluate(b"[1]")
+    assert (verdict.allow, verdict.failure) == (False, "deadline")
+    assert verdict.reason == "the policy module ran past its deadline of 20 ms in evaluate"
+    assert verdict.fuel_used < MAX_FUEL
+    again = module.evaluate(b"[1]")  # its fuel_used depends on the machine, so only the rest is compared
+    assert (again.allow, again.reason, again.failure) == (False, verdict.reason, "deadline")
+    assert benign(module.evaluate(b"{}"))
+
+
+@BOTH_PATHS
+def test_the_deadline_covers_alloc_too(checked: bool) -> None:
+    module = PolicyModule.load(
+        evaluate_returning("(i64.const 0)", alloc="(loop $l (br $l)) (i32.const 0)"),
+        fuel=OLD_MOST_FUEL,
+        checked=checked,
+    )
+    verdict = module.evaluate(b"{}")
+    assert (verdict.failure, verdict.reason) == (
+        "deadline",
+        f"the policy module ran past its deadline of {DEFAULT_DEADLINE_MS} ms in alloc",
+    )
+
+
+@pytest.mark.parametrize(
+    ("start", "fuel", "deadline_ms"),
+    [(SPIN_AT_START, OLD_MOST_FUEL, DEFAULT_DEADLINE_MS), (GROW_AT_START, MAX_FUEL, 20)],
+    ids=["spin", "grow"],
+)
+def test_a_start_function_that_loops_is_refused_at_its_deadline(start: str, fuel: int, deadline_ms: int) -> None:
+    with pytest.raises(PolicyError) as refused:
+        PolicyModule.load(wat("trap").replace("(module", start, 1), fuel=fuel, deadline_ms=deadline_ms)
+    assert refused.value.path == ""
+    assert refused.value.reason == (
+        f"the module cannot be instantiated: the policy module ran past its deadline of {deadline_ms} ms "
+        "in its start function"
+    )
+
+
+@BOTH_PATHS
+def test_every_call_gets_the_whole_deadline_again(checked: bool) -> None:
+    """The deadline is set before each call, from the epoch as it is then: epochs that passed between
+    calls (here advanced by hand, far past the deadline) do not count against the next call."""
+    module = load("allow_small", checked=checked)
+    engine = policy_module._shared_engine()
+    expected = module.evaluate(b'{"amount":7}')
+    assert expected.failure is None
+    for _ in range(3):
+        for _ in range(1000):
+            engine.increment_epoch()
+        assert module.evaluate(b'{"amount":7}') == expected
+
+
+def test_the_ticker_runs_only_while_a_call_runs() -> None:
+    """Every way in and out of a call or an instantiation leaves the ticker as it found it."""
+    load("loop", fuel=OLD_MOST_FUEL).evaluate(b"[1]")  # a deadline
+    load("loop", fuel=1000).evaluate(b"[1]")  # out of fuel
+    load("trap").evaluate(b"[1]")  # a trap
+    load("allow_small").evaluate(b'{"amount":7}')  # an answer
+    with pytest.raises(PolicyError):
+        PolicyModule.load(wat("trap").replace("(module", SPIN_AT_START, 1), fuel=OLD_MOST_FUEL)
+    assert policy_module._ticker._active == 0
+
+
+@pytest.mark.parametrize("deadline_ms", [0, -1, True, 2.5])
+def test_load_refuses_nonsense_deadlines(deadline_ms: int) -> None:
+    with pytest.raises(ValueError, match="deadline_ms must be a positive integer"):
+        PolicyModule.load(wat("allow_small"), deadline_ms=deadline_ms)
 
 
 # -- threads -------------------------------------------------------------------------------------------------------

@@ -11,8 +11,11 @@ this side makes the standard library use them:
   so sleeping cannot outlast the deadline;
 * ``os.listdir`` and ``os.scandir`` list names in sorted order, whatever order
   the host's filesystem keeps them in;
-* stdout and stderr are buffered, because a single WASI write carries at most
-  8 KiB and an unbuffered text stream would silently drop the rest.
+* ``os.stat``, ``os.lstat``, ``os.fstat`` and ``os.scandir``'s entries report every
+  file's times as the virtual wall clock's start, not the host's clock;
+* stdout and stderr are written through at every write, in pieces of at most
+  8 KiB (what a single WASI write carries), so that what the code printed
+  before a trap or a deadline is kept.
 
 The standard library available at run time is what is imported below, at build
 time; any other module fails to import.
@@ -71,6 +74,7 @@ import numbers
 import operator
 import os
 import pathlib
+import posix
 import pprint
 import queue
 import random
@@ -191,7 +195,7 @@ _PRELOADED = (
 )
 
 _WORKDIR = "/work"
-_STREAM_BUFFER = 8192  # one WASI write at most
+_STREAM_PIECE = 8192  # one WASI write at most
 
 
 def _virtual_sleep(seconds: float) -> None:
@@ -250,12 +254,79 @@ class _VirtualLoop(asyncio.base_events.BaseEventLoop):
         self._selector.close()
 
 
+#: Every file's times, as the host's virtual wall clock starts: 2024-01-01T00:00:00Z.
+_FILE_TIME_S = 1_704_067_200
+_TIME_FIELDS = ("st_atime", "st_mtime", "st_ctime", "st_birthtime")
+_EXTRA_FIELDS = ("st_blksize", "st_blocks", "st_rdev", "st_flags", "st_gen")
+
 _real_listdir = os.listdir
 _real_scandir = os.scandir
+_real_stat = os.stat
+_real_lstat = os.lstat
+_real_fstat = os.fstat
+
+
+def _virtual_times(info: os.stat_result) -> os.stat_result:
+    """``info`` with every timestamp replaced by the virtual one."""
+    extra = {name: getattr(info, name) for name in _EXTRA_FIELDS if hasattr(info, name)}
+    for name in _TIME_FIELDS:
+        if hasattr(info, name):
+            extra[name] = float(_FILE_TIME_S)
+            extra[f"{name}_ns"] = _FILE_TIME_S * 1_000_000_000
+    visible = list(info[:10])
+    visible[7:10] = [_FILE_TIME_S] * 3
+    return os.stat_result(visible, extra)
+
+
+def _stat(path, *, dir_fd=None, follow_symlinks=True):
+    return _virtual_times(_real_stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks))
+
+
+def _lstat(path, *, dir_fd=None):
+    return _virtual_times(_real_lstat(path, dir_fd=dir_fd))
+
+
+def _fstat(fd):
+    return _virtual_times(_real_fstat(fd))
 
 
 def _listdir(path="."):
     return sorted(_real_listdir(path))
+
+
+class _Entry:
+    """An ``os.DirEntry`` whose ``stat()`` reports virtual times."""
+
+    __slots__ = ("_entry", "name", "path")
+
+    def __init__(self, entry) -> None:
+        self._entry = entry
+        self.name = entry.name
+        self.path = entry.path
+
+    def is_dir(self, *, follow_symlinks=True):
+        return self._entry.is_dir(follow_symlinks=follow_symlinks)
+
+    def is_file(self, *, follow_symlinks=True):
+        return self._entry.is_file(follow_symlinks=follow_symlinks)
+
+    def is_symlink(self):
+        return self._entry.is_symlink()
+
+    def is_junction(self):
+        return False
+
+    def inode(self):
+        return self._entry.inode()
+
+    def stat(self, *, follow_symlinks=True):
+        return _virtual_times(self._entry.stat(follow_symlinks=follow_symlinks))
+
+    def __fspath__(self):
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"<DirEntry {self.name!r}>"
 
 
 class _SortedScandir:
@@ -282,20 +353,41 @@ class _SortedScandir:
 
 def _scandir(path="."):
     with _real_scandir(path) as entries:
-        return _SortedScandir(sorted(entries, key=lambda entry: entry.name))
+        return _SortedScandir(sorted((_Entry(entry) for entry in entries), key=lambda entry: entry.name))
 
 
 time.sleep = _virtual_sleep
 select.select = _select
 asyncio.events.new_event_loop = _VirtualLoop
 asyncio.new_event_loop = _VirtualLoop
-os.listdir = _listdir
-os.scandir = _scandir
+for _module in (os, posix):
+    _module.listdir = _listdir
+    _module.scandir = _scandir
+    _module.stat = _stat
+    _module.lstat = _lstat
+    _module.fstat = _fstat
+
+
+class _WriteThrough(io.RawIOBase):
+    """A descriptor's raw stream that writes every byte at once, in pieces one WASI write can carry."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.write(self._fd, view[done : done + _STREAM_PIECE])
+        return len(view)
 
 
 def _stream(fd: int) -> io.TextIOWrapper:
-    raw = io.FileIO(fd, "w", closefd=False)
-    return io.TextIOWrapper(io.BufferedWriter(raw, _STREAM_BUFFER), encoding="utf-8", errors="backslashreplace")
+    return io.TextIOWrapper(_WriteThrough(fd), encoding="utf-8", errors="backslashreplace", write_through=True)
 
 
 def _exit_code(exc: SystemExit) -> int:
