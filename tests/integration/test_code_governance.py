@@ -75,7 +75,9 @@ def test_an_allowed_run_is_executed_in_the_sandbox_and_traced(wasm_sandbox: Wasm
 
 def test_a_failed_run_is_still_an_executed_call_with_its_reason(wasm_sandbox: WasmSandbox) -> None:
     host = Host(wasm_sandbox)
-    sid, response = host.run({"code": "while True:\n    pass\n", "limits": {**SMALL, "timeout_s": 0.3}})
+    # Fuel for several seconds: the deadline, not the fuel, ends the run.
+    limits = {**SMALL, "timeout_s": 0.3, "fuel": 20_000_000_000}
+    sid, response = host.run({"code": "while True:\n    pass\n", "limits": limits})
     assert response["status"] == "success"
     assert (response["result"]["ok"], response["result"]["reason"]) == (False, "timeout")
     (executed,) = [e for e in host.resolver.get_trace(sid) if e.event_type == "action.executed"]

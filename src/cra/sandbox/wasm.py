@@ -4,9 +4,9 @@ Every run gets a fresh store and instance, so nothing survives from one run to
 the next, and hard limits that the code cannot reach:
 
 * fuel, counted per instruction;
-* a wall-clock deadline, by epoch interruption: a ticker thread advances the
-  engine's epoch every ``tick_ms`` while any run is active, and the deadline is
-  set before every instantiation;
+* a wall-clock deadline, by epoch interruption: each run has an engine of its
+  own (a lane), whose ticker thread advances the epoch once per ``tick_ms`` of
+  the run's real time, and the deadline is set before every instantiation;
 * a cap on linear memory;
 * bounded stdout and stderr;
 * one scratch directory, mounted as ``/work``, as the whole filesystem;
@@ -57,12 +57,21 @@ def _engine_config() -> wasmtime.Config:
 
 
 class _Ticker:
-    """Advances an engine's epoch every ``tick`` seconds while a run is active, and can end the run at once."""
+    """Advances an engine's epoch by one every ``tick`` seconds of a run's wall-clock time, while the
+    run is active, and can end the run at once.
+
+    The ticks are counted from the moment the run began, not from the ticker's wake-ups: a ticker
+    thread that was not scheduled for a while catches up, so a deadline is kept in real time even
+    on a loaded machine. The count starts again with each run (a lane runs one at a time), so time
+    that passed between runs is never charged to the next one.
+    """
 
     def __init__(self, engine: wasmtime.Engine, tick: float) -> None:
         self._engine = engine
         self._tick = tick
         self._active = 0
+        self._since = 0.0  # when the current run began
+        self._counted = 0  # ticks given to the current run so far
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -70,6 +79,7 @@ class _Ticker:
     def running(self) -> Iterator[None]:
         with self._cond:
             self._active += 1
+            self._since, self._counted = time.monotonic(), 0
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="cra-sandbox-epoch", daemon=True)
                 self._thread.start()
@@ -91,7 +101,13 @@ class _Ticker:
                 while self._active == 0:
                     self._cond.wait()
             time.sleep(self._tick)
-            self._engine.increment_epoch()
+            with self._cond:  # under the lock: a run that begins now starts its own count
+                if self._active == 0:
+                    continue
+                due = int((time.monotonic() - self._since) / self._tick) - self._counted
+                self._counted += due
+                for _ in range(due):
+                    self._engine.increment_epoch()
 
 
 class _Lane:
