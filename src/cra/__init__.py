@@ -14,7 +14,10 @@ Sealing every event into the signed audit ledger of a data directory::
     resolver = Resolver(ledger=open_ledger("./cra-data", create=True))
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from cra.errors import (
     ApprovalError,
@@ -32,8 +35,6 @@ from cra.errors import (
     TraceError,
     ValidationError,
 )
-from cra.ledger.bundle import verify_bundle
-from cra.ledger.note import NoteSigner, NoteVerifier
 from cra.policy.decision import Decision, Effect, Step
 from cra.protocol.atlas import Atlas
 from cra.runtime.approvals import Approval, ApprovalTicket
@@ -41,18 +42,50 @@ from cra.runtime.atlas_files import load_atlas
 from cra.runtime.clock import ManualClock, SystemClock
 from cra.runtime.engine import Engine
 from cra.runtime.ids import SeededIds, SystemIds
-from cra.runtime.ledger import AuditLedger
 from cra.runtime.memory import MemoryCounters, MemoryEventStore, MemoryLedgerStore, MemorySink
 from cra.runtime.resolver import Resolver
-from cra.store.datadir import open_ledger
 from cra.trace.chain import ChainReport, check_chain, verify_chain
 from cra.trace.event import TraceEvent
 from cra.trace.jsonl import dumps_trace, loads_trace
 
-try:
-    __version__ = version("cra")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0"
+if TYPE_CHECKING:
+    from cra.ledger.bundle import verify_bundle
+    from cra.ledger.note import NoteSigner, NoteVerifier
+    from cra.runtime.ledger import AuditLedger
+    from cra.store.datadir import open_ledger
+
+#: Names whose modules need the ledger's cryptography or a data directory: imported on first use,
+#: so that ``import cra`` loads the pure core alone.
+_ADAPTERS = {
+    "AuditLedger": "cra.runtime.ledger",
+    "NoteSigner": "cra.ledger.note",
+    "NoteVerifier": "cra.ledger.note",
+    "open_ledger": "cra.store.datadir",
+    "verify_bundle": "cra.ledger.bundle",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("cra")
+        except PackageNotFoundError:  # running from a source tree without installation
+            found = "0.0.0"
+        globals()[name] = found
+        return found
+    module = _ADAPTERS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cra' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "Approval",
