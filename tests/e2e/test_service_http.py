@@ -1116,3 +1116,39 @@ def test_a_client_that_leaves_before_its_body_arrives_costs_one_debug_line(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
     assert sum("left during" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize("path", ["/v1/evaluate", "/v1/sessions"])
+def test_the_hot_path_keeps_every_middleware_promise_a_routed_path_keeps(tmp_path: Path, path: str) -> None:
+    """Issue #13: ``POST /v1/evaluate`` is served ahead of the middleware stack, and with
+    ``cors_origins`` set it answered without CORS headers while every routed path had them."""
+    origin = "https://console.example.com"
+    settings = ServerSettings(cors_origins=(origin,))
+
+    async def body(env: Env) -> None:
+        await env.support("acme")
+        agent = await env.key("acme", "agent", agent="support-bot", policy_roles=("agent",))
+        request = {"action": "order.lookup", "params": {"order_id": "1"}} if path == "/v1/evaluate" else {"goal": "g"}
+        if path == "/v1/sessions":
+            request["agent_id"] = "support-bot"
+        allowed = await env.client.post(path, headers={**agent, "Origin": origin}, json=request)
+        assert allowed.status_code in (200, 201), allowed.text
+        assert allowed.headers["access-control-allow-origin"] == origin
+        assert "origin" in allowed.headers["vary"].lower()
+        for name in ("x-content-type-options", "x-frame-options", "referrer-policy", "content-security-policy"):
+            assert name in allowed.headers, name
+        foreign = await env.client.post(path, headers={**agent, "Origin": "https://evil.example"}, json=request)
+        assert "access-control-allow-origin" not in foreign.headers
+        preflight = await env.client.options(
+            path,
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "X-API-Key, Content-Type",
+            },
+        )
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == origin
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+
+    run(tmp_path, body, settings)

@@ -47,15 +47,30 @@ __all__ = ["ServerSettings", "create_app", "serving_app"]
 _SECURITY_HEADERS: Final = tuple((k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items())
 
 
-class _Guard:
-    """Request size limit, request timeout and security headers, as raw ASGI middleware (no body buffering)."""
+#: The CORS policy for the origins ``--cors-origin`` names: the methods and headers the API uses.
+_CORS_METHODS: Final = ("GET", "POST", "DELETE")
+_CORS_HEADERS: Final = ("X-API-Key", "Authorization", "Content-Type", "X-CRA-Approval-Ticket")
 
-    def __init__(self, app: ASGIApp, max_body: int, timeout: float) -> None:
+
+def _with_cors(app: ASGIApp, origins: tuple[str, ...]) -> ASGIApp:
+    if not origins:
+        return app
+    return CORSMiddleware(app, allow_origins=origins, allow_methods=_CORS_METHODS, allow_headers=_CORS_HEADERS)
+
+
+class _Guard:
+    """Request size limit, request timeout and security headers, as raw ASGI middleware (no body buffering).
+
+    It also serves the hot path (``POST /v1/evaluate``) itself, past the router, by the same
+    endpoint with the same error answers; the only other middleware the app has, CORS, wraps it
+    here too, so the hot path keeps every promise the routed ones do."""
+
+    def __init__(self, app: ASGIApp, max_body: int, timeout: float, cors_origins: tuple[str, ...] = ()) -> None:
         self._app = app
         self._max = max_body
         self._timeout = timeout
-        # The hot path: served here, past the router and its middleware, by the same endpoint.
-        self._fast: dict[tuple[str, str], ASGIApp] = {("POST", p): _served(api.evaluate) for p in api.HOT_PATHS}
+        fast = _with_cors(_served(api.evaluate), cors_origins)
+        self._fast: dict[tuple[str, str], ASGIApp] = {("POST", p): fast for p in api.HOT_PATHS}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -197,12 +212,11 @@ def _assemble(conf: ServerSettings, lifespan: Callable[[FastAPI], Any]) -> FastA
     install_handlers(app)
     if conf.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(conf.cors_origins),
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-CRA-Approval-Ticket"],
+            CORSMiddleware, allow_origins=conf.cors_origins, allow_methods=_CORS_METHODS, allow_headers=_CORS_HEADERS
         )
-    app.add_middleware(_Guard, max_body=conf.max_body_bytes, timeout=conf.request_timeout_seconds)
+    app.add_middleware(
+        _Guard, max_body=conf.max_body_bytes, timeout=conf.request_timeout_seconds, cors_origins=conf.cors_origins
+    )
 
     @app.exception_handler(RateLimited)
     async def _limited(request: Request, exc: RateLimited) -> JSONResponse:
