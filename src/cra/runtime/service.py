@@ -851,6 +851,51 @@ class GovernanceService:
 
     # -- reads ----------------------------------------------------------------
 
+    async def sessions(
+        self,
+        tenant_id: str,
+        *,
+        agent_id: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Session], int]:
+        """A page of the tenant's sessions, newest first, and how many match."""
+        return await self.state.sessions(tenant_id, agent_id=agent_id, status=status, limit=limit, offset=offset)
+
+    async def approvals(
+        self,
+        tenant_id: str,
+        *,
+        status: str | None = None,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        action_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Approval], int]:
+        """A page of the tenant's approvals, filtered, and how many match."""
+        return await self.state.approvals(
+            tenant_id,
+            status=status,
+            session_id=session_id,
+            agent_id=agent_id,
+            action_id=action_id,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def report_rows(
+        self, tenant_id: str, *, since: str | None = None, until: str | None = None, limit: int | None = None
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The decision and approval rows the reports are built from, within the time range."""
+        return await self.state.report_rows(tenant_id, since=since, until=until, limit=limit)
+
+    async def events_after(self, tenant_id: str, session_id: str, sequence: int | None, limit: int) -> list[TraceEvent]:
+        """Up to ``limit`` of a session's events after ``sequence`` (from the first if None), for a reader
+        that has checked the session."""
+        return await self.state.events(tenant_id, session_id, since_sequence=sequence, limit=limit)
+
     async def trace(
         self,
         tenant_id: str,

@@ -121,9 +121,7 @@ async def list_sessions(
     if not who.can(Permission.READ_SESSIONS):
         who.require(Permission.RUN_SESSIONS)
         agent_id = who.agent_id if who.agent_id is not None else agent_id
-    items, total = await service.state.sessions(
-        who.tenant_id, agent_id=agent_id, status=status, limit=limit, offset=offset
-    )
+    items, total = await service.sessions(who.tenant_id, agent_id=agent_id, status=status, limit=limit, offset=offset)
     return {"items": [_session_json(s) for s in items], "total": total, "limit": limit, "offset": offset}
 
 
@@ -330,7 +328,7 @@ async def list_approvals(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
     who.require(Permission.READ_APPROVALS)
-    items, total = await service.state.approvals(
+    items, total = await service.approvals(
         who.tenant_id,
         status=status,
         session_id=session_id,

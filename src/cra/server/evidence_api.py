@@ -121,7 +121,7 @@ async def reports(
         raise ProtocolError("/report", f"must be one of {', '.join(REPORTS)}")
     if fmt != "json" and report is None:
         raise ProtocolError("/report", f"a {fmt} report is one table: name it with ?report=")
-    decision_rows, approval_rows = await service.state.report_rows(
+    decision_rows, approval_rows = await service.report_rows(
         who.tenant_id, since=_bound(since, "since"), until=_bound(until, "until"), limit=_REPORT_ROWS + 1
     )
     if len(decision_rows) > _REPORT_ROWS or len(approval_rows) > _REPORT_ROWS:

@@ -109,7 +109,7 @@ async def _stream(
         except NotFoundError:
             return
         while True:
-            events = await service.state.events(tenant_id, session_id, since_sequence=after, limit=_PAGE)
+            events = await service.events_after(tenant_id, session_id, after, _PAGE)
             for event in events:
                 yield message(event)
                 after = event.sequence
