@@ -17,6 +17,12 @@ Workloads:
 * ``trace-append``: ``build_event`` chained on the previous event, then
   ``MemoryEventStore.append``.
 * ``chain-verify``: ``verify_chain`` over one long chain.
+* ``governed-call``: the in-process governed call of the customer-support example
+  (one resolve, then ``Resolver.execute`` of ``order.lookup`` per call, its
+  executor a dictionary lookup), three ways in the same run: with the trace in
+  memory only; with a data directory's audit ledger sealing every call before it
+  answers (an fsync'd SQLite commit each); and with the same ledger sealing in
+  the background (``seal_in_background=True``), flushed once at the end.
 
 Latencies are wall-clock times of single calls taken with ``perf_counter_ns``
 on either side, so every sample also holds the cost of one timer read (reported
@@ -33,6 +39,7 @@ import math
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -42,7 +49,17 @@ from pathlib import Path
 from typing import Any, Final
 
 from _bench import Target, attach_targets, call_anchors, emit, environment, latency_summary, p50_ns
-from cra import Decision, Engine, MemoryEventStore, Resolver, SystemClock, SystemIds, TraceEvent, verify_chain
+from cra import (
+    Decision,
+    Engine,
+    MemoryEventStore,
+    Resolver,
+    SystemClock,
+    SystemIds,
+    TraceEvent,
+    open_ledger,
+    verify_chain,
+)
 from cra.policy.resolve import evaluate_actions, policy_event_payload
 from cra.trace.event import build_event, format_timestamp
 
@@ -97,6 +114,7 @@ class Counts:
     trace_events: int
     chain_events: int
     chain_repeats: int
+    governed_calls: int = 2_000
 
 
 FULL: Final = Counts(
@@ -120,6 +138,7 @@ QUICK: Final = Counts(
     trace_events=2_000,
     chain_events=10_000,
     chain_repeats=1,
+    governed_calls=200,
 )
 
 
@@ -129,6 +148,9 @@ TARGETS: Final[dict[str, dict[str, Target]]] = {
     "trace-append": {"p50_us": Target(5.0)},
     "chain-verify": {"events_per_second": Target(200_000, higher_is_better=True)},
 }
+#: Issue #13's targets for the governed call in process: 30 µs in memory, 40 µs with the ledger attached.
+GOVERNED_TARGETS: Final = {"memory": 30.0, "ledger-background": 40.0}
+SUPPORT_ATLAS: Final = Path(__file__).resolve().parents[1] / "examples" / "atlases" / "customer-support"
 
 
 # -- the authorization atlas ---------------------------------------------------------------------------------------
@@ -538,6 +560,72 @@ def bench_chain_verify(payloads: Sequence[Mapping[str, Any]], counts: Counts) ->
 # -- the report ----------------------------------------------------------------------------------------------------
 
 
+def _governed_calls(resolver: Resolver, calls: int) -> list[int]:
+    """Resolve once, then time ``calls`` governed executes of ``order.lookup``."""
+    clock, ids = SystemClock(), SystemIds()
+    resolver.load_atlas(SUPPORT_ATLAS)
+    resolver.register_executor("order.lookup", lambda args: {"found": args["order_id"] in {"42", "43"}})
+    session_id = resolver.create_session("support-bot", "Look up orders", roles=["agent"])
+    request = {
+        "carp_version": "1.0",
+        "request_id": ids.new_id(),
+        "timestamp": format_timestamp(clock.now()),
+        "operation": "resolve",
+        "requester": {"agent_id": "support-bot", "session_id": session_id},
+        "task": {"goal": "Look up orders", "risk_tier": "low"},
+    }
+    resolution_id = resolver.resolve(request)["resolution_id"]
+    perf = time.perf_counter_ns
+    samples: list[int] = []
+    for n in range(calls):
+        execution = {"resolution_id": resolution_id, "action_id": "order.lookup", "parameters": {"order_id": str(n)}}
+        call = {**request, "request_id": ids.new_id(), "operation": "execute", "execution": execution}
+        call["timestamp"] = format_timestamp(clock.now())
+        t0 = perf()
+        answer = resolver.execute(call)
+        samples.append(perf() - t0)
+        if answer["status"] != "success":
+            raise AssertionError(f"the governed call was not allowed: {answer}")
+    resolver.verify_chain(session_id)
+    return samples
+
+
+def bench_governed_call(counts: Counts) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": "Resolver.execute of an allowed call with its executor, after one resolve (customer-support)",
+        "calls": counts.governed_calls,
+        "targets_p50_us": GOVERNED_TARGETS,
+    }
+    gc.collect()
+    out["memory"] = {"latency_us": latency_summary(_governed_calls(Resolver(), counts.governed_calls))}
+    for name, background in (("ledger-sync", False), ("ledger-background", True)):
+        with tempfile.TemporaryDirectory(prefix="cra-bench-") as data_dir:
+            ledger = open_ledger(Path(data_dir), create=True)
+            resolver = Resolver(ledger=ledger, seal_in_background=background)
+            try:
+                gc.collect()
+                samples = _governed_calls(resolver, counts.governed_calls)
+                flushed = perf_flush(resolver)
+                out[name] = {"latency_us": latency_summary(samples), "final_flush_ms": flushed, "size": ledger.size}
+            finally:
+                resolver.close()
+                ledger.close()
+    for name, target in GOVERNED_TARGETS.items():
+        p50 = out[name]["latency_us"]["p50"]
+        out[name]["target_p50_us"] = {"value": p50, "target": f"<= {target:g}", "meets_target": p50 <= target}
+    out["ratio_sync_to_background_p50"] = round(
+        out["ledger-sync"]["latency_us"]["p50"] / out["ledger-background"]["latency_us"]["p50"], 1
+    )
+    return out
+
+
+def perf_flush(resolver: Resolver) -> float:
+    """Milliseconds the final flush waited for the sealer (0 for a resolver that seals per call)."""
+    started = time.perf_counter()
+    resolver.flush()
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
 def run(counts: Counts, seed: int, mode: str) -> dict[str, Any]:
     started = datetime.now(UTC)
     wall = time.perf_counter()
@@ -552,6 +640,7 @@ def run(counts: Counts, seed: int, mode: str) -> dict[str, Any]:
         "resolve-50-actions": bench_resolve(atlas, counts),
         "trace-append": bench_trace_append(payloads, counts),
         "chain-verify": bench_chain_verify(payloads, counts),
+        "governed-call": bench_governed_call(counts),
     }
     summary = attach_targets(workloads, TARGETS)
     return {

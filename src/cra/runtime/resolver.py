@@ -67,6 +67,7 @@ from cra.runtime.ports import (
 )
 from cra.runtime.recorder import SpanRecorder
 from cra.runtime.records import AttestationClaim, IdempotentCall, ResolutionRecord, RunningCall, Session
+from cra.runtime.sealing import BackgroundSealer
 from cra.trace.chain import verify_chain
 from cra.trace.event import TraceEvent, format_timestamp
 from cra.trace.jsonl import copy_event
@@ -93,6 +94,13 @@ class Resolver:
     >>> resolution = r.resolve(carp_request)
     >>> result = r.execute(carp_execute_request)
     >>> r.verify_chain(sid)
+
+    With a ``ledger``, every operation's events (and the attestations of its decisions) are
+    sealed into it before the operation answers: one durable append per call. With
+    ``seal_in_background``, an operation answers once its events are recorded, and a
+    :class:`~cra.runtime.sealing.BackgroundSealer` appends them in batches off the call path;
+    :meth:`flush` waits for it, and :meth:`close` stops it (see that module for what a crash
+    can lose).
     """
 
     def __init__(
@@ -112,6 +120,7 @@ class Resolver:
         resolution_ttl_seconds: int = 3600,
         max_clock_skew_seconds: int = 300,
         modules: ModuleLoader | None = None,
+        seal_in_background: bool = False,
     ) -> None:
         self._modules = modules
         self._clock: Clock = clock or SystemClock()
@@ -124,6 +133,10 @@ class Resolver:
         self._signer: Signer = signer or HmacSigner()
         self._sinks = tuple(sinks)
         self.ledger = ledger
+        self._sealer: Sealer | None = ledger
+        self._background: BackgroundSealer | None = None
+        if ledger is not None and seal_in_background:
+            self._sealer = self._background = BackgroundSealer(ledger)
         self._unsealed: list[TraceEvent] = []
         self._claims: list[AttestationClaim] = []
         self._tenant = tenant_id
@@ -275,8 +288,19 @@ class Resolver:
                 "session.ended", {"reason": reason, "duration_ms": duration, "action_count": executed}
             )
             self._sessions.put(replace(session, status="ended", ended_at=now))
-        if self.ledger is not None:
-            self.ledger.checkpoint()
+        if self._sealer is not None:
+            self._sealer.checkpoint()
+
+    def flush(self) -> None:
+        """With ``seal_in_background``, wait until every event answered so far is in the ledger
+        (:meth:`~cra.runtime.sealing.BackgroundSealer.flush`); otherwise there is nothing to wait for."""
+        if self._background is not None:
+            self._background.flush()
+
+    def close(self) -> None:
+        """Seal what is queued and stop the background sealer; the ledger itself stays open."""
+        if self._background is not None:
+            self._background.close()
 
     def get_trace(self, session_id: str) -> list[TraceEvent]:
         """The session's events, each with its own copy of the payload."""
@@ -1007,10 +1031,10 @@ class Resolver:
             self._seal(quiet=False)
 
     def _seal(self, *, quiet: bool) -> None:
-        if self.ledger is None or not self._unsealed:
+        if self._sealer is None or not self._unsealed:
             return
         try:
-            self.ledger.append(self._unsealed, self._claims)
+            self._sealer.append(self._unsealed, self._claims)
         except (CRAError, OSError) as exc:
             if quiet:
                 _log.exception("the ledger could not seal %d events; they stay queued", len(self._unsealed))
