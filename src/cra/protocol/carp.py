@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,7 +12,7 @@ from cra.errors import ProtocolError
 from cra.protocol.canonical import canonical_json
 from cra.protocol.validation import validate
 
-__all__ = ["CARP_VERSION", "CarpRequest", "Execution", "parse_carp_request", "parse_timestamp"]
+__all__ = ["CARP_VERSION", "CarpRequest", "Execution", "is_parsed", "parse_carp_request", "parse_timestamp"]
 
 CARP_VERSION: Final = "1.0"
 
@@ -24,9 +25,13 @@ class Execution:
     idempotency_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class CarpRequest:
     """A validated CARP/1.0 request.
+
+    :func:`parse_carp_request` makes it from JSON, and :func:`is_parsed` tells such an instance
+    from one built by hand, so a layer below the edge can take the value as it is, without
+    validating the request a second time.
 
     ``risk_tier`` is ``None`` when the request does not state one (the protocol
     default is ``low``; the engine also takes each action's declared tier).
@@ -112,7 +117,7 @@ def parse_carp_request(data: object) -> CarpRequest:
         e = data["execution"]
         execution = Execution(e["resolution_id"], e["action_id"], e["parameters"], e.get("idempotency_key"))
     parse_timestamp(data["timestamp"], "/timestamp")
-    return CarpRequest(
+    request = CarpRequest(
         request_id=data["request_id"],
         timestamp=data["timestamp"],
         operation=data["operation"],
@@ -127,3 +132,16 @@ def parse_carp_request(data: object) -> CarpRequest:
         context=data.get("context", {}),
         execution=execution,
     )
+    key = id(request)
+    _PARSED[key] = weakref.ref(request, lambda _, key=key: _PARSED.pop(key, None))  # type: ignore[misc]
+    return request
+
+
+#: The requests :func:`parse_carp_request` made, by identity, for as long as they live.
+_PARSED: dict[int, weakref.ref[CarpRequest]] = {}
+
+
+def is_parsed(request: CarpRequest) -> bool:
+    """Whether ``request`` is an instance :func:`parse_carp_request` made (so it was validated)."""
+    found = _PARSED.get(id(request))
+    return found is not None and found() is request

@@ -37,7 +37,7 @@ from cra.policy.modules import ModuleLoader
 from cra.policy.resolve import DEFAULT_DENY_ID, evaluate_actions, policy_event_payload
 from cra.protocol.atlas import Atlas, AtlasRef
 from cra.protocol.canonical import canonical_json, sha256_hex
-from cra.protocol.carp import CARP_VERSION, CarpRequest, parse_carp_request, parse_timestamp
+from cra.protocol.carp import CARP_VERSION, CarpRequest, is_parsed, parse_carp_request, parse_timestamp
 from cra.runtime.approvals import Approval, ApprovalTicket, issue_ticket, read_ticket
 from cra.runtime.atlas_files import AtlasSource, load_atlas
 from cra.runtime.clock import SystemClock
@@ -1197,8 +1197,13 @@ def _names(values: Iterable[str], path: str) -> list[str]:
 
 
 def _parse(request: Mapping[str, Any] | CarpRequest, operation: str) -> CarpRequest:
-    """Validate a CARP request (a typed one too) and check its operation."""
-    req = parse_carp_request(request.to_dict() if isinstance(request, CarpRequest) else request)
+    """Validate a CARP request and check its operation. A typed request that
+    :func:`~cra.protocol.carp.parse_carp_request` made is taken as it is (the edge parsed it
+    once); one built by hand is validated like JSON."""
+    if isinstance(request, CarpRequest):
+        req = request if is_parsed(request) else parse_carp_request(request.to_dict())
+    else:
+        req = parse_carp_request(request)
     if req.operation != operation or (operation == "execute" and req.execution is None):
         raise ProtocolError("/operation", f"{operation}() takes a {operation!r} request, not {req.operation!r}")
     return req
